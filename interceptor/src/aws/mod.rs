@@ -1,0 +1,4 @@
+//! aws
+pub mod error;
+pub mod request;
+pub mod sigv4;

@@ -1,0 +1,2 @@
+//! redirect
+pub mod cgroupfs;
