@@ -11,7 +11,7 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const PORTS_MAP: &str = "REDIRECT_PORTS";
 /// Name of the map from socket cookie to the connection's [`OriginalDst`].
 pub const BY_COOKIE_MAP: &str = "ORIG_BY_COOKIE";
-/// Name of the map from the agent socket's local port to its [`OriginalDst`].
+/// Name of the map from the agent socket's local port ([`by_port_key`]) to its [`OriginalDst`].
 pub const BY_PORT_MAP: &str = "ORIG_BY_PORT";
 
 /// Most entries the connection maps hold; least recently used entries are evicted first.
@@ -51,10 +51,24 @@ pub struct OriginalDst {
     pub addr: [u32; 4],
     /// The original port, host byte order.
     pub port: u16,
+    /// Explicit padding; always zero.
     pub _pad: u16,
     /// The tgid of the process that called connect().
     pub pid: u32,
+    /// Explicit padding; always zero.
     pub _pad2: u32,
+    /// The socket cookie of the agent's socket; lets the close hook remove only its own
+    /// entry from [`BY_PORT_MAP`].
+    pub cookie: u64,
+}
+
+/// Key of [`BY_PORT_MAP`]: the agent socket's local port (host order) in the low 16 bits, and
+/// bit 16 set when the connection runs over IPv6 on the wire.
+///
+/// An IPv4 and an IPv6 connection to the gateway may share a local port; a v4-mapped IPv6
+/// socket runs over IPv4 and shares the IPv4 port space, so it is keyed as IPv4.
+pub const fn by_port_key(local_port: u16, ipv6_wire: bool) -> u32 {
+    local_port as u32 | ((ipv6_wire as u32) << 16)
 }
 
 #[cfg(feature = "user")]
@@ -65,3 +79,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginalDst {}
 }
+
+// The layouts are part of the contract with the eBPF object: a change in size would silently
+// break map reads, so it must be a deliberate edit here.
+const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<OriginalDst>() == 48);

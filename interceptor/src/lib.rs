@@ -11,6 +11,7 @@
 //! - [`audit`]: the append-only audit log.
 //! - [`config`]: the daemon's TOML configuration.
 
+pub mod approvals;
 pub mod audit;
 pub mod aws;
 pub mod cli;
@@ -19,5 +20,8 @@ pub mod control;
 pub mod daemon;
 pub mod gateway;
 pub mod identity;
+pub mod policy;
 pub mod redirect;
+pub mod run;
 pub mod session;
+pub mod tls;

@@ -1,1 +1,206 @@
-//! gateway
+//! The gateway: accepts the agent connections the eBPF redirect sends to it, finds whose they
+//! are, terminates TLS for AWS hosts with a leaf from the local CA, and hands each HTTP request
+//! to [`proxy`].
+//!
+//! Fail closed throughout: a connection with no redirect record is dropped; a cgroup with no
+//! live session gets an AWS error for every request; a non-AWS TLS destination is refused.
+
+pub mod ca;
+pub mod client_hello;
+pub mod proxy;
+pub mod refusal;
+pub mod upstream;
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
+
+use crate::{
+    approvals::Approvals,
+    audit::AuditLog,
+    policy::{quota::Quotas, store::PolicyStore},
+    aws::request::is_aws_host,
+    identity::{oidc::OidcValidator, sts::CredentialBroker},
+    redirect::{AgentConnection, Redirector},
+    session::SessionRegistry,
+};
+use client_hello::{MAX_PEEK_BYTES, Peek};
+
+/// How long a new connection may take to send its ClientHello (or first request line).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between peeks while a ClientHello is still arriving in pieces.
+const PEEK_RETRY: Duration = Duration::from_millis(2);
+
+/// Everything a connection needs, shared by all of them.
+pub struct Gateway {
+    pub sessions: Arc<SessionRegistry>,
+    pub redirector: Arc<Redirector>,
+    pub oidc: Arc<OidcValidator>,
+    pub broker: Arc<CredentialBroker>,
+    pub audit: AuditLog,
+    pub policy: Arc<PolicyStore>,
+    pub quotas: Arc<Quotas>,
+    pub approvals: Arc<Approvals>,
+    pub upstream: upstream::Upstream,
+    pub tls: TlsAcceptor,
+    pub settings: proxy::ProxySettings,
+}
+
+/// Why the listeners could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// What the gateway knows of one accepted connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub agent: AgentConnection,
+    /// The TLS server name, when the connection is TLS.
+    pub sni: Option<String>,
+}
+
+impl Gateway {
+    /// Binds 127.0.0.1:`port`, and [::1]:`port` where the host has IPv6 loopback.
+    pub async fn bind(port: u16) -> Result<Vec<TcpListener>, ListenError> {
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut listeners = vec![
+            TcpListener::bind(v4).await.map_err(|source| ListenError { addr: v4, source })?,
+        ];
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        match TcpListener::bind(v6).await {
+            Ok(listener) => listeners.push(listener),
+            // A host (or test namespace) without ::1 simply has no IPv6 agents to serve.
+            Err(err) => tracing::info!(addr = %v6, error = %err, "no IPv6 loopback listener"),
+        }
+        Ok(listeners)
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Running out of descriptors must not end the gateway; back off and retry.
+                    tracing::error!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let gateway = self.clone();
+            tokio::spawn(async move { gateway.connection(stream, peer).await });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let agent = match self.redirector.lookup(peer) {
+            Ok(Some(agent)) => agent,
+            Ok(None) => {
+                tracing::warn!(%peer, "connection with no redirect record dropped");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(%peer, error = %err, "redirect lookup failed; connection dropped");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::debug_span!("conn", %peer, cgroup = agent.cgroup_id, pid = agent.pid,
+            dst = %agent.original_dst, sni = tracing::field::Empty);
+        async move {
+            let first = match tokio::time::timeout(HELLO_TIMEOUT, peek_hello(&stream)).await {
+                Ok(Ok(first)) => first,
+                Ok(Err(err)) => return tracing::debug!(error = %err, "connection closed early"),
+                Err(_) => return tracing::debug!("no request within the hello timeout"),
+            };
+            let info = |sni| ConnectionInfo { peer, agent, sni };
+            match first {
+                Peek::NotTls => self.serve_http(TokioIo::new(stream), info(None)).await,
+                Peek::Hello(hello) => match hello.server_name {
+                    Some(sni) if is_aws_host(&sni) => {
+                        tracing::Span::current().record("sni", sni.as_str());
+                        match self.tls.accept(stream).await {
+                            Ok(tls) => self.serve_http(TokioIo::new(tls), info(Some(sni))).await,
+                            Err(err) => tracing::warn!(error = %err, "agent TLS handshake failed"),
+                        }
+                    }
+                    Some(sni) => tracing::warn!(%sni, "non-AWS TLS destination refused"),
+                    None => tracing::warn!("TLS without a server name refused"),
+                },
+                Peek::Incomplete => tracing::debug!("connection closed mid-hello"),
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn serve_http<S>(self: &Arc<Self>, io: TokioIo<S>, info: ConnectionInfo)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = Arc::new(info);
+        let gateway = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            let info = info.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(&info, request).await) }
+        });
+        let served = http1::Builder::new()
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Some(proxy::IDLE_TIMEOUT))
+            .serve_connection(io, service)
+            .await;
+        if let Err(err) = served {
+            tracing::debug!(error = %err, "agent connection ended with an error");
+        }
+    }
+}
+
+/// Waits until the first bytes tell what the connection speaks, without consuming them.
+async fn peek_hello(stream: &TcpStream) -> std::io::Result<Peek> {
+    let mut buf = vec![0u8; MAX_PEEK_BYTES];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(Peek::Incomplete);
+        }
+        match client_hello::peek(&buf[..n]) {
+            Peek::Incomplete if n == MAX_PEEK_BYTES => return Ok(Peek::NotTls),
+            Peek::Incomplete => {
+                // peek() returns at once while unread bytes wait; only sleep when none arrived.
+                if n == seen {
+                    tokio::time::sleep(PEEK_RETRY).await;
+                }
+                seen = n;
+            }
+            decided => return Ok(decided),
+        }
+    }
+}
+
+/// The rustls server config: leaves minted per SNI, HTTP/1.1 only for now.
+pub fn tls_acceptor(ca: Arc<ca::CertificateAuthority>) -> TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // ring's default provider supports the safe default versions; this cannot fail.
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ca::LeafResolver(ca)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
+}

@@ -1,0 +1,373 @@
+//! One agent request, start to end: find the session, classify the call, get the session's
+//! credentials, strip the agent's signature and sign again, forward, stream the answer back,
+//! and write the audit line.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+
+use super::{
+    ConnectionInfo, Gateway,
+    refusal::Refusal,
+    upstream::{Body, BoxError},
+};
+use crate::{
+    approvals::{HeldCall, Verdict},
+    audit::{AuditIdentity, AuditRecord, Event},
+    policy::{Call, Effect, Params as _, quota::Charge},
+    aws::{
+        error::error_response,
+        request::{AwsRequest, Protocol, classify},
+        sigv4::{Payload, resign},
+    },
+    identity::sts::AssumeRequest,
+    session::{Session, SessionToken},
+};
+
+/// An agent connection idle this long between requests is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A token is re-read from its file this long before it expires, so calls never see the gap.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(60);
+
+/// Gateway settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub max_api_body_bytes: u64,
+}
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 section 7.6.1), plus
+/// `expect`, which the gateway answers itself.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::EXPECT,
+];
+
+impl Gateway {
+    /// Answers one request; never fails: every problem becomes an AWS error for the agent.
+    pub async fn handle(&self, conn: &ConnectionInfo, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = request.into_parts();
+        let mut audit = AuditRecord::new(Event::Request);
+        audit.pid = Some(conn.agent.pid);
+        audit.method = Some(parts.method.to_string());
+        audit.path = Some(parts.uri.path().to_owned());
+        audit.host = host_of(&parts.headers, &parts.uri).or_else(|| conn.sni.clone());
+
+        let session = self.sessions.by_cgroup(conn.agent.cgroup_id).filter(|s| !s.is_ended());
+        if let Some(session) = &session {
+            audit.session = Some(session.id.clone());
+            audit.identity = Some(AuditIdentity {
+                subject: session.identity.subject.clone(),
+                groups: session.identity.groups.clone(),
+            });
+            audit.role_arn = Some(session.role_arn.clone());
+            session.counters.requests.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let classified = classify(&parts, None);
+        let protocol = classified.as_ref().map_or(Protocol::RestXml, |req| req.protocol);
+        let outcome = match session {
+            None => Err(Refusal::NoSession { cgroup_id: conn.agent.cgroup_id }),
+            Some(session) => {
+                self.forward(&session, &mut parts, body, classified, &mut audit).await.inspect_err(
+                    |refusal| {
+                        if refusal.decision() == "deny" {
+                            session.counters.denied.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                )
+            }
+        };
+
+        let response = match outcome {
+            Ok(response) => {
+                audit.decision.get_or_insert_with(|| "allow".to_owned());
+                audit.forwarded = Some(true);
+                audit.request_id = request_id(response.headers());
+                response
+            }
+            Err(refusal) => {
+                let (status, code) = refusal.status_and_code();
+                let request_id = gateway_request_id();
+                let message = refusal.to_string();
+                tracing::warn!(%message, code, "call refused");
+                audit.decision = Some(refusal.decision().to_owned());
+                audit.reason = Some(message.clone());
+                audit.forwarded = Some(false);
+                audit.request_id = Some(request_id.clone());
+                error_response(protocol, status, code, &message, &request_id)
+                    .map(|body| Full::new(body).map_err(|never| match never {}).boxed())
+            }
+        };
+        audit.status = Some(response.status().as_u16());
+        audit.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        self.audit.record(&audit);
+        response
+    }
+
+    /// Classifies, signs and forwards; the answer's body streams back to the agent.
+    async fn forward(
+        &self,
+        session: &Session,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+        classified: Result<AwsRequest, crate::aws::request::RequestError>,
+        audit: &mut AuditRecord,
+    ) -> Result<Response<Body>, Refusal> {
+        let token = self.current_token(session).await?;
+        let mut aws_request = classified.map_err(Refusal::Malformed)?;
+
+        // S3 bodies stream through untouched (S3 checks them against the signed hash header);
+        // API calls carry their parameters in the body, which is read to classify and hash it.
+        let (upstream_body, api_body) = if aws_request.streams_body() {
+            (body.map_err(BoxError::from).boxed(), None)
+        } else {
+            let bytes = self.read_api_body(body).await?;
+            aws_request = classify(parts, Some(&bytes)).map_err(Refusal::Malformed)?;
+            (Full::new(bytes.clone()).map_err(|never| match never {}).boxed(), Some(bytes))
+        };
+        audit.service = Some(aws_request.service.clone());
+        audit.region = Some(aws_request.region.clone());
+        audit.action = aws_request.action.clone();
+        audit.resource = aws_request.resource.clone();
+
+        self.decide(session, &aws_request, audit).await?;
+
+        let credentials = self
+            .broker
+            .credentials(&AssumeRequest {
+                session_id: session.id.clone(),
+                role_arn: session.role_arn.clone(),
+                subject: session.identity.subject.clone(),
+                web_identity_token: token.token,
+            })
+            .await
+            .map_err(Refusal::Credentials)?;
+
+        for name in &HOP_BY_HOP {
+            parts.headers.remove(name);
+        }
+        let payload = match &api_body {
+            Some(bytes) => Payload::Bytes(bytes),
+            None => Payload::ClientDeclared,
+        };
+        resign(parts, &aws_request, payload, &credentials, SystemTime::now())
+            .map_err(Refusal::Signing)?;
+
+        let host = host_of(&parts.headers, &parts.uri).unwrap_or_default();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = self
+            .upstream
+            .uri(&host, path_and_query)
+            .map_err(|err| Refusal::Upstream { host: host.clone(), cause: err.to_string() })?;
+        let mut upstream_request = Request::from_parts(parts.clone(), upstream_body);
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.version_mut() = http::Version::HTTP_11;
+
+        let response = self
+            .upstream
+            .send(upstream_request)
+            .await
+            .map_err(|err| Refusal::Upstream { host: host.clone(), cause: error_chain(&err) })?;
+        let (mut head, body) = response.into_parts();
+        for name in &HOP_BY_HOP {
+            head.headers.remove(name);
+        }
+        Ok(Response::from_parts(head, body.map_err(BoxError::from).boxed()))
+    }
+
+    /// Applies the policy: returns once the call may go ahead (allowed, within its limit, or
+    /// approved by a human), else the refusal the agent gets.
+    async fn decide(
+        &self,
+        session: &Session,
+        request: &AwsRequest,
+        audit: &mut AuditRecord,
+    ) -> Result<(), Refusal> {
+        let policy = self.policy.current();
+        let decision = policy.evaluate(&Call {
+            subject: &session.identity.subject,
+            groups: &session.identity.groups,
+            action: request.action.as_deref(),
+            region: &request.region,
+            params: request,
+        });
+        audit.rule = decision.rule.clone();
+        audit.decision = Some(decision.effect.as_str().to_owned());
+        let rule = decision.rule_index.map(|index| &policy.rules[index]);
+
+        match decision.effect {
+            Effect::Deny => return Err(Refusal::Denied { reason: decision.reason }),
+            Effect::Allow => {}
+            Effect::Approve => {
+                let rule_name = decision.rule.clone().unwrap_or_else(|| "default".to_owned());
+                let timeout = decision.timeout.unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
+                let held = HeldCall {
+                    id: String::new(),
+                    session: session.id.clone(),
+                    subject: session.identity.subject.clone(),
+                    groups: session.identity.groups.clone(),
+                    action: request.action.clone().unwrap_or_else(|| "(unclassified)".into()),
+                    rule: decision.rule.clone(),
+                    params: key_params(request),
+                    held_since: 0,
+                    expires_in: timeout.as_secs(),
+                };
+                let hold = self.approvals.hold(held, timeout);
+                tracing::info!(id = hold.id(), session = %session.id, action = ?request.action,
+                    "call held for approval");
+                audit.approval = Some(hold.id().to_owned());
+                match hold.wait().await {
+                    Some(Verdict::Approved { by }) => {
+                        audit.decision = Some("approved".to_owned());
+                        audit.approved_by = Some(by);
+                    }
+                    Some(Verdict::Denied { by, reason }) => {
+                        audit.approved_by = Some(by.clone());
+                        return Err(Refusal::ApprovalDenied { rule: rule_name, by, reason });
+                    }
+                    None => {
+                        return Err(Refusal::ApprovalTimedOut {
+                            rule: rule_name,
+                            after: humantime::format_duration(timeout).to_string(),
+                        });
+                    }
+                }
+            }
+        }
+
+        // Limits are charged only once the call goes ahead (after any approval).
+        if let (Some(rule), Some(limit)) = (rule, rule.and_then(|r| r.limit.as_ref())) {
+            let weight = limit.weight(&request.values(&limit.count));
+            if let Charge::Exceeded { used, wanted } =
+                self.quotas.charge(&rule.name, &session.identity.subject, limit, weight)
+            {
+                return Err(Refusal::LimitExceeded {
+                    rule: rule.name.clone(),
+                    count: limit.count.clone(),
+                    used,
+                    wanted,
+                    max: limit.max,
+                    per: humantime::format_duration(limit.per).to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_api_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
+        let limit = self.settings.max_api_body_bytes;
+        let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+        match limited.collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                Err(Refusal::BodyTooLarge { limit })
+            }
+            Err(err) => Err(Refusal::BodyRead(err.to_string())),
+        }
+    }
+
+    /// The session's token if still valid; near expiry, the token file is read again.
+    async fn current_token(&self, session: &Session) -> Result<SessionToken, Refusal> {
+        let token = session.token();
+        if token.expires_at > SystemTime::now() + TOKEN_RENEW_MARGIN {
+            return Ok(token);
+        }
+        let Some(path) = &session.token_file else {
+            return still_valid(token);
+        };
+        let Ok(text) = tokio::fs::read_to_string(path).await else {
+            return still_valid(token);
+        };
+        let text = text.trim();
+        if text == token.token {
+            return still_valid(token);
+        }
+        let identity = self.oidc.validate(text).await.map_err(Refusal::TokenExpired)?;
+        if identity.subject != session.identity.subject {
+            tracing::warn!(session = %session.id, "token file now names another subject; ignored");
+            return still_valid(token);
+        }
+        let renewed = SessionToken { token: text.to_owned(), expires_at: identity.expires_at };
+        session.set_token(renewed.clone());
+        tracing::info!(session = %session.id, "session token renewed from its file");
+        Ok(renewed)
+    }
+}
+
+fn still_valid(token: SessionToken) -> Result<SessionToken, Refusal> {
+    if token.expires_at > SystemTime::now() {
+        return Ok(token);
+    }
+    Err(Refusal::TokenExpired(crate::identity::oidc::IdentityError::Expired {
+        expired_at: token.expires_at,
+    }))
+}
+
+/// The parameters an approver needs to see, `name=value`, at most a handful.
+fn key_params(request: &AwsRequest) -> Vec<String> {
+    const SHOWN: usize = 8;
+    let mut shown: Vec<String> = Vec::new();
+    if let Some(bucket) = &request.bucket {
+        shown.push(format!("Bucket={bucket}"));
+    }
+    if let Some(key) = &request.key {
+        shown.push(format!("Key={key}"));
+    }
+    for (name, value) in &request.params.0 {
+        if shown.len() >= SHOWN {
+            shown.push("...".to_owned());
+            break;
+        }
+        if let Some(value) = value.as_str() {
+            shown.push(format!("{name}={value}"));
+        }
+    }
+    shown
+}
+
+/// The Host the agent addressed: the Host header, else the URI authority.
+fn host_of(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+}
+
+/// The AWS request id of an answer, under the names the services use.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    ["x-amzn-requestid", "x-amz-request-id", "x-amzn-request-id"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Request ids of the gateway's own answers, so an agent's error can be found in the audit log.
+fn gateway_request_id() -> String {
+    let bits: u128 = rand::random();
+    format!("icpt-{bits:032x}")
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
