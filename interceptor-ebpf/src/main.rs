@@ -302,8 +302,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The kernel requires a GPL-compatible licence for some helpers used here (e.g. the ring
-/// buffer behind aya-log reads). The eBPF object alone is offered under it as well.
+/// The project's licence. None of the helpers used here is GPL-only, so the kernel accepts a
+/// non-GPL licence (checked on 6.18); calling a GPL-only helper later would need a change here.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";

@@ -156,8 +156,19 @@ fn pins_fail_closed_are_taken_over_and_uninstall_detaches() {
             );
         }
 
+        // Taking over from a daemon that still runs (and holds its links) detaches them too.
+        let third = env.install(&gateway);
+        for hook in HOOKS {
+            let count = attached(&env.cgroup_root, hook);
+            assert_eq!(
+                count, 1,
+                "programs on {hook:?} after takeover from a live daemon"
+            );
+        }
+        drop(second);
+
         // Uninstall detaches everything and removes the pins: agents connect directly again.
-        second.uninstall().expect("uninstall");
+        third.uninstall().expect("uninstall");
         assert!(!env.pin_dir.exists(), "pin directory removed");
         for hook in HOOKS {
             assert_eq!(

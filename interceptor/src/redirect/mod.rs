@@ -235,6 +235,12 @@ impl Redirector {
     }
 }
 
+// The gateway shares one Redirector between its connection tasks.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Redirector>();
+};
+
 impl Drop for Redirector {
     fn drop(&mut self) {
         if let Some(task) = self.log_task.take() {
