@@ -1,1 +1,52 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! - `e2e [pytest args]`: the end-to-end suite in its private namespaces (root; after
+//!   `scripts/setup` and `cargo build`).
+//! - `test`: the whole suite, as CI runs it (`scripts/test`).
+//! - `demo`: the main job on the embedded default (`scripts/demo`).
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the end-to-end suite; extra arguments go to pytest.
+    E2e {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run every test, as CI does.
+    Test,
+    /// Set up and run the demo.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives one level below the workspace root")?
+        .to_owned();
+    let (program, args) = match Cli::parse().task {
+        Task::E2e { args } => (root.join("tests/e2e/run"), args),
+        Task::Test => (root.join("scripts/test"), Vec::new()),
+        Task::Demo => (root.join("scripts/demo"), Vec::new()),
+    };
+    let status = Command::new(&program)
+        .args(&args)
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("starting {}", program.display()))?;
+    if !status.success() {
+        bail!("{} failed: {status}", program.display());
+    }
+    Ok(())
+}
