@@ -58,6 +58,16 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The recorded exchanges of a session, in order (reads the recording; no daemon needed).
+    Replay {
+        session: String,
+        /// Print the entries as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Re-evaluate every call against this candidate policy and show what would change.
+        #[arg(long, value_name = "P")]
+        policy: Option<PathBuf>,
+    },
     /// Check a policy file, or dry-run a request against it.
     Policy {
         #[command(subcommand)]
@@ -81,6 +91,8 @@ struct SessionsArgs {
 
 #[derive(Debug, Subcommand)]
 enum SessionsCommand {
+    /// A live stream of calls and decisions, of all sessions or one; Ctrl-C ends it.
+    Watch { id: Option<String> },
     /// Refuse every further call of the session and kill its processes.
     Kill { id: String },
 }
@@ -125,6 +137,13 @@ pub fn main() -> ExitCode {
         Command::Sessions(args) => sessions(&config, args),
         Command::Ca { command: CaCommand::Export } => ca_export(&config),
         Command::Approvals { json } => approvals(&config, json),
+        Command::Replay { session, json, policy } => crate::records::replay::run(
+            &config.records.dir,
+            &session,
+            json,
+            policy.as_deref(),
+            &mut std::io::stdout().lock(),
+        ),
         Command::Approve { id } => {
             ask(&config, &Request::Approve { id: id.clone() }).map(|_| println!("{id} approved"))
         }
@@ -168,10 +187,14 @@ pub fn ask(config: &Config, request: &Request) -> anyhow::Result<Reply> {
 }
 
 fn sessions(config: &Config, args: SessionsArgs) -> anyhow::Result<()> {
-    if let Some(SessionsCommand::Kill { id }) = args.command {
-        ask(config, &Request::KillSession { id: id.clone() })?;
-        println!("session {id} killed");
-        return Ok(());
+    match args.command {
+        Some(SessionsCommand::Kill { id }) => {
+            ask(config, &Request::KillSession { id: id.clone() })?;
+            println!("session {id} killed");
+            return Ok(());
+        }
+        Some(SessionsCommand::Watch { id }) => return crate::watch::run(config, id, args.json),
+        None => {}
     }
     let Reply::Sessions { sessions } = ask(config, &Request::ListSessions)? else {
         bail!("the daemon answered a session list request with something else");

@@ -32,6 +32,8 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_ROLE_ARN: &str = "arn:aws:iam::111122223333:role/agent";
 pub const DEFAULT_POLICY_FILE: &str = "/etc/interceptor/policy.toml";
 pub const DEFAULT_RECORDS_DIR: &str = "/var/lib/interceptor";
+/// How much of each body a session recording keeps.
+pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/interceptor/control.sock";
 pub const DEFAULT_ADMIN_GROUP: &str = "interceptor-admin";
 /// Name of the directory under the cgroup v2 mount that holds the session cgroups.
@@ -151,11 +153,13 @@ impl Default for PolicyConfig {
 pub struct RecordsConfig {
     /// Holds the gateway CA, the audit log and the session recordings.
     pub dir: PathBuf,
+    /// How much of each request and response body a recording keeps, in bytes.
+    pub body_cap_bytes: usize,
 }
 
 impl Default for RecordsConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from(DEFAULT_RECORDS_DIR) }
+        Self { dir: PathBuf::from(DEFAULT_RECORDS_DIR), body_cap_bytes: DEFAULT_BODY_CAP_BYTES }
     }
 }
 

@@ -12,7 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     approvals::Approvals,
     policy::{quota::Quotas, store::PolicyStore},
-    audit::{AuditIdentity, AuditLog, AuditRecord, Event},
+    records::{
+        audit::{AuditIdentity, AuditLog, AuditRecord, Event, now_rfc3339},
+        recording::Entry,
+    },
     config::Config,
     control,
     gateway::{self, Gateway, ca::CertificateAuthority, proxy::ProxySettings, upstream::Upstream},
@@ -78,6 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         quotas,
         approvals: approvals.clone(),
         upstream,
+        masker: std::sync::Mutex::new(None),
         tls: gateway::tls_acceptor(ca.clone()),
         settings: ProxySettings { max_api_body_bytes: config.gateway.max_api_body_bytes },
     });
@@ -166,6 +170,7 @@ impl Daemon {
             let first = daemon.sessions.close(&session);
             daemon.broker.forget(&session.id);
             if first {
+                session.recording.append(&Entry::SessionEnded { time: now_rfc3339() });
                 daemon.audit.record(&session_record(Event::SessionEnded, &session));
                 tracing::info!(session = %session.id, "session ended: its cgroup is empty");
             }
@@ -173,14 +178,15 @@ impl Daemon {
     }
 
     /// `interceptor sessions kill`: refuse the session's calls from now on and kill its
-    /// processes. `by_uid` is recorded as who killed it.
-    pub fn kill_session(&self, id: &str, by_uid: u32) -> Result<(), SessionError> {
+    /// processes. `by` is recorded as who killed it.
+    pub fn kill_session(&self, id: &str, by: &str) -> Result<(), SessionError> {
         let session = self.sessions.kill(id)?;
         self.broker.forget(&session.id);
+        session.recording.append(&Entry::SessionKilled { time: now_rfc3339(), by: by.to_owned() });
         let mut record = session_record(Event::SessionKilled, &session);
-        record.reason = Some(format!("killed by uid {by_uid}"));
+        record.reason = Some(format!("killed by {by}"));
         self.audit.record(&record);
-        tracing::info!(session = %session.id, by_uid, "session killed");
+        tracing::info!(session = %session.id, by, "session killed");
         Ok(())
     }
 }

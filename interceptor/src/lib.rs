@@ -8,11 +8,11 @@
 //! - [`identity`]: OIDC token validation and the STS credentials bound to each identity.
 //! - [`session`]: the registry of live agent sessions, keyed by cgroup id.
 //! - [`control`]: the Unix control socket between the CLI and the daemon.
-//! - [`audit`]: the append-only audit log.
+//! - [`records`]: the audit log and the per-session recordings.
 //! - [`config`]: the daemon's TOML configuration.
 
 pub mod approvals;
-pub mod audit;
+pub mod records;
 pub mod aws;
 pub mod cli;
 pub mod config;
@@ -24,4 +24,5 @@ pub mod policy;
 pub mod redirect;
 pub mod run;
 pub mod session;
+pub mod watch;
 pub mod tls;

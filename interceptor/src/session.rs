@@ -17,7 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::oidc::Identity;
+use crate::{identity::oidc::Identity, records::recording::SessionRecording};
 
 /// How often a session's cgroup is checked for emptiness. cgroup.events does raise inotify
 /// events, but polling one small file is simpler and costs nothing measurable.
@@ -40,6 +40,8 @@ pub struct Session {
     pub token_file: Option<PathBuf>,
     ended: AtomicBool,
     pub counters: Counters,
+    /// Every exchange of the session is appended here.
+    pub recording: Arc<SessionRecording>,
 }
 
 /// Per-session request counts, shown by `interceptor sessions`.
@@ -82,6 +84,7 @@ pub struct NewSession {
     pub role_arn: String,
     pub token: SessionToken,
     pub token_file: Option<PathBuf>,
+    pub recording: Arc<SessionRecording>,
 }
 
 /// Why a session could not be created or changed.
@@ -190,6 +193,7 @@ impl SessionRegistry {
             token_file: new.token_file,
             ended: AtomicBool::new(false),
             counters: Counters::default(),
+            recording: new.recording,
         });
         // Registered before the process joins, so its first connect() already finds it.
         {

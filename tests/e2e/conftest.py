@@ -12,6 +12,8 @@ only); both enter a fresh network + mount namespace first. Fixtures, in dependen
     daemon           `interceptor daemon` (started; stopped, uninstalled, cgroups removed after)
     agents           `interceptor run` helper                -> harness.Agents
     alice_token, alice_token_file, admin_token_file
+    policy           install a policy in the daemon for one test, then the permissive one again
+    audit            records.dir/audit.log read from a mark -> harness.AuditLog
 """
 
 from __future__ import annotations
@@ -125,6 +127,25 @@ def alice_token_file(agents: Agents, alice_token: str) -> Path:
 @pytest.fixture(scope="session")
 def admin_token_file(agents: Agents, idp: Idp) -> Path:
     return agents.token_file("admin", idp.token(harness.ADMIN))
+
+
+@pytest.fixture
+def policy(world: World, daemon: Daemon):
+    """Install a policy in the running daemon for one test; the permissive one comes back after,
+    so other test files are unaffected (quota usage persists: use rule names unique per test)."""
+    control = harness.PolicyControl(world, daemon)
+    try:
+        yield control
+    finally:
+        if daemon.process is not None and daemon.process.alive():
+            control.restore()
+        else:
+            world.policy.write_text(harness.PERMISSIVE_POLICY)
+
+
+@pytest.fixture
+def audit(world: World) -> harness.AuditLog:
+    return harness.AuditLog(world.audit_log)
 
 
 @pytest.fixture

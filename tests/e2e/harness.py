@@ -77,6 +77,43 @@ AUDIT_ALLOWED = "allow"
 #: The expired-token test waits until exp + this has passed.
 JWT_EXP_LEEWAY_SECONDS = int(os.environ.get("INTERCEPTOR_E2E_JWT_LEEWAY", "30"))
 
+#: The policy the suite runs with outside the policy tests (test_policy_* restore it).
+PERMISSIVE_POLICY = ('# e2e: everything allowed; test_policy_*.py install their own and put '
+                     'this back\ndefault = "allow"\n')
+#: Daemon log (stderr) lines: a new policy file is in force / a broken one was refused (that
+#: line carries "line N" and the reason). The daemon reloads on SIGHUP and polls the file.
+POLICY_RELOADED_LOG = "policy reloaded"
+POLICY_REFUSED_LOG = "new policy refused"
+POLICY_RELOAD_TIMEOUT = 10.0
+
+
+def policy_check_argv(policy: Path, request: Path | None = None) -> list[str]:
+    """Validate a policy file (and dry-run a request); needs no daemon and no config file."""
+    argv = [str(BINARY), "policy", "check", "--policy", str(policy)]
+    return argv + (["--request", str(request)] if request else [])
+
+
+def approvals_argv(config: Path, json: bool = True) -> list[str]:
+    """The held calls as a JSON list of {id, session, subject, groups, action, rule, params
+    ["Name=value", ...], held_since, expires_in}; without `json`, a table for people."""
+    return [str(BINARY), "approvals", *(["--json"] if json else []), "--config", str(config)]
+
+
+def approve_argv(config: Path, call_id: str) -> list[str]:
+    return [str(BINARY), "approve", call_id, "--config", str(config)]
+
+
+def deny_argv(config: Path, call_id: str, reason: str) -> list[str]:
+    return [str(BINARY), "deny", call_id, "--reason", reason, "--config", str(config)]
+
+
+#: Audit decisions: refused by policy, and released by a human (with `approval` = the held
+#: call's id and `approved_by` = the admin's user name).
+AUDIT_DENIED = "deny"
+AUDIT_APPROVED = "approved"
+#: The quota usage file in records.dir (per rule name and subject).
+QUOTA_FILE_NAME = "quotas.json"
+
 #: What `interceptor run` says (stdout + stderr, case-insensitive) for each refused token.
 TOKEN_REFUSAL_PATTERNS = {
     "expired": re.compile(r"expired", re.I),
@@ -91,13 +128,18 @@ TOKEN_REFUSAL_PATTERNS = {
 PEERS = REPO / "tests" / "peers"
 VENV_BIN = REPO / ".venv" / "bin"
 PYTHON = VENV_BIN / "python"
+#: The JavaScript SDK v3 agent (tests/peers/js_agent.mjs).
+JS_AGENT = PEERS / "js_agent.mjs"
 AWS_CLI = VENV_BIN / "aws"
 
 #: AWS names resolve here inside the namespace: a loopback address that is NOT the gateway's
 #: (127.0.0.1), so only the eBPF redirect can bring an agent to the gateway.
 AWS_ADDRESS = "127.0.0.2"
 REGION = "us-east-1"
-BUCKETS = ("e2e-cli-bucket", "e2e-boto3-bucket", "e2e-boto3-objects")
+#: Buckets the agents create: clients address them virtual-host style (bucket.s3...), so each
+#: needs a name in the private hosts file. "demo-bucket" is scripts/demo's.
+BUCKETS = ("e2e-cli-bucket", "e2e-boto3-bucket", "e2e-boto3-objects", "e2e-js-bucket",
+           "demo-bucket")
 AWS_HOSTS = (
     "sts.amazonaws.com",
     f"sts.{REGION}.amazonaws.com",
@@ -392,7 +434,7 @@ class Idp:
     ca_cert: Path
 
     @classmethod
-    def start(cls, directory: Path, ca: TestCa) -> "Idp":
+    def start(cls, directory: Path, ca: TestCa, timeout: float = PEER_START_TIMEOUT) -> "Idp":
         node = shutil.which("node")
         if node is None:
             raise HarnessError("node is not on PATH (scripts/setup installs the peers)")
@@ -402,7 +444,12 @@ class Idp:
              "--key", str(ca.server_key), "--port", "0",
              "--short-ttl", str(SHORT_TTL_SECONDS)],
             directory, env=clean_env({}))
-        ready = process.ready_line()
+        try:
+            ready = process.ready_line(timeout)
+        except HarnessError:
+            # A server that never got ready (e.g. hung at start) must not outlive the run.
+            process.stop(signal.SIGKILL, timeout=5.0)
+            raise
         return cls(process=process, issuer=ready["issuer"],
                    token_endpoint=ready["token_endpoint"], ca_cert=ca.ca_cert)
 
@@ -483,8 +530,7 @@ class World:
         return self.records / AUDIT_LOG_NAME
 
     def write_config(self) -> None:
-        self.policy.write_text('# e2e: everything allowed (policy arrives in a later issue)\n'
-                               'default = "allow"\n')
+        self.policy.write_text(PERMISSIVE_POLICY)
         self.config.write_text(f"""\
 # interceptor e2e config, written by tests/e2e/harness.py
 [gateway]
@@ -653,6 +699,13 @@ class Agents:
         """A Python agent (the venv with boto3) running `script`."""
         return self.run(token_file, [str(PYTHON), "-c", script])
 
+    def node(self, token_file: Path, script: Path, *args: str) -> subprocess.CompletedProcess:
+        """A Node.js agent running `script` (tests/peers, with the AWS SDK for JavaScript v3)."""
+        node = shutil.which("node")
+        if node is None:
+            raise HarnessError("node is not on PATH (scripts/setup installs the peers)")
+        return self.run(token_file, [node, str(script), *args])
+
 
 class Listener:
     """A plain TCP listener (e.g. on 127.0.0.2:443) that records what each connection sent."""
@@ -730,6 +783,146 @@ def describe(result: subprocess.CompletedProcess) -> str:
 def audit_action_name(line: dict[str, Any]) -> str:
     """The bare action of an audit line ("GetCallerIdentity"), whichever form it is logged in."""
     return str(line.get("action", "")).split(":")[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy, audit log and approvals (test_policy_*.py)
+# ---------------------------------------------------------------------------------------------
+
+def design_policy(launches: str = "small launches", launch_max: int = 4,
+                  approve_timeout: str = "10m", extra: str = "") -> str:
+    """The example policy of DESIGN.md (default deny), with the launch rule's name, its limit and
+    the approval timeout chosen by the test (quota usage is kept per rule name and subject, so a
+    test that spends a limit names its own rule)."""
+    return f"""\
+default = "deny"
+
+[[rule]]
+name = "read-only"
+groups = ["agents"]
+actions = ["ec2:Describe*", "s3:Get*", "s3:List*", "sts:GetCallerIdentity"]
+effect = "allow"
+
+[[rule]]
+name = "{launches}"
+actions = ["ec2:RunInstances"]
+when = {{ MaxCount = "<= 2", InstanceType = ["t3.micro", "t3.small"] }}
+effect = "allow"
+limit = {{ count = "MaxCount", max = {launch_max}, per = "1h" }}   # per identity
+
+[[rule]]
+name = "deletes need a human"
+actions = ["ec2:TerminateInstances", "s3:Delete*"]
+effect = "approve"
+timeout = "{approve_timeout}"                       # no answer in time: denied
+
+[[mask]]
+actions = ["secretsmanager:GetSecretValue"]
+fields = ["SecretString", "SecretBinary"]
+{extra}"""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_lines(path: Path) -> list[str]:
+    """A log file's lines without terminal colour codes."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return _ANSI.sub("", text).splitlines()
+
+
+@dataclass
+class PolicyControl:
+    """Installs a policy file in the running daemon and waits (bounded) until it took effect."""
+
+    world: World
+    daemon: Daemon
+
+    def _log(self) -> Path:
+        if self.daemon.process is None:
+            raise HarnessError("the daemon is not running")
+        return self.daemon.process.stderr
+
+    def _write_and_wait(self, text: str, needle: str, hangup: bool = True) -> list[str]:
+        before = len(log_lines(self._log()))
+        self.world.policy.write_text(text)
+        # SIGHUP forces a reload now; the daemon also notices the change by itself within ~1 s.
+        if hangup and self.daemon.process is not None and self.daemon.process.alive():
+            os.kill(self.daemon.process.pid, signal.SIGHUP)
+
+        def new_lines() -> list[str]:
+            return log_lines(self._log())[before:]
+
+        # Only the awaited line ends the wait: a stray line of an earlier reload cannot.
+        try:
+            wait_until(lambda: any(needle in line for line in new_lines()),
+                       POLICY_RELOAD_TIMEOUT, f"the daemon's {needle!r} log line")
+        except HarnessError as error:
+            raise HarnessError(f"{error}; the daemon logged since the write:\n"
+                               + "\n".join(new_lines()[-20:])) from None
+        return [line for line in new_lines() if needle in line]
+
+    def install(self, text: str, hangup: bool = True) -> None:
+        """A valid policy: returns once the daemon logged that it is in force. Without `hangup`
+        the daemon must notice the changed file by itself."""
+        self._write_and_wait(text, POLICY_RELOADED_LOG, hangup)
+
+    def install_broken(self, text: str, hangup: bool = True) -> list[str]:
+        """A broken policy: returns the daemon's refusal line(s)."""
+        return self._write_and_wait(text, POLICY_REFUSED_LOG, hangup)
+
+    def restore(self) -> None:
+        self.install(PERMISSIVE_POLICY)
+
+
+@dataclass
+class AuditLog:
+    """records.dir/audit.log, read from a mark (a line count) on."""
+
+    path: Path
+
+    def mark(self) -> int:
+        return len(read_jsonl(self.path))
+
+    def since(self, mark: int) -> list[dict[str, Any]]:
+        return read_jsonl(self.path)[mark:]
+
+    def wait_for(self, mark: int, predicate, what: str, timeout: float = 10.0,
+                 ) -> list[dict[str, Any]]:
+        """Lines after `mark` that satisfy `predicate`, once there is at least one.
+
+        The daemon writes lines in order from one writer task, so once a line appears every
+        request answered before it is in the file too.
+        """
+        wait_until(lambda: any(predicate(line) for line in self.since(mark)), timeout,
+                   f"an audit line for {what}")
+        return [line for line in self.since(mark) if predicate(line)]
+
+
+def admin(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """An admin command (root, this process's user), output captured as text."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          env=clean_env({}), stdin=subprocess.DEVNULL)
+
+
+def held_calls(config: Path) -> list[dict[str, Any]]:
+    """`interceptor approvals --json`."""
+    result = admin(approvals_argv(config))
+    if result.returncode != 0:
+        raise HarnessError(f"interceptor approvals failed: {describe(result)}")
+    return json.loads(result.stdout)
+
+
+def wait_for_held_call(config: Path, predicate, timeout: float = 30.0) -> dict[str, Any]:
+    """The first held call that satisfies `predicate`, polled with a deadline."""
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [call for call in held_calls(config) if predicate(call)]
+        return bool(found)
+
+    wait_until(seen, timeout, "the held call in `interceptor approvals`", interval=0.2)
+    return found[0]
 
 
 if __name__ == "__main__":

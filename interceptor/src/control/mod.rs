@@ -32,6 +32,9 @@ pub enum Request {
     KillSession { id: String },
     /// The gateway CA certificate.
     CaCertificate,
+    /// A live stream of audit records (all sessions, or one), one JSON line each, until the
+    /// client disconnects.
+    Watch { session: Option<String> },
     /// Calls held for a human's approval.
     ListApprovals,
     /// Release a held call.

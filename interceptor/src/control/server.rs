@@ -15,7 +15,10 @@ use tokio::{
 use super::{MAX_REQUEST_BYTES, OpenedSession, Reply, Request};
 use crate::{
     approvals::Verdict,
-    audit::{AuditIdentity, AuditRecord, Event},
+    records::{
+        audit::{AuditIdentity, AuditRecord, Event, now_rfc3339},
+        recording::{Entry, SessionRecording},
+    },
     daemon::Daemon,
     identity::sts::AssumeRequest,
     session::{NewSession, SessionToken, new_session_id},
@@ -75,6 +78,9 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream) {
     let reply = match read {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Watch { session }) if is_admin(&daemon, peer) => {
+                return watch(&daemon, session, write).await;
+            }
             Ok(request) => handle(&daemon, peer, request).await,
             Err(err) => Reply::Error { message: format!("malformed control request: {err}") },
         },
@@ -95,6 +101,7 @@ async fn handle(daemon: &Arc<Daemon>, peer: Peer, request: Request) -> Reply {
         }
         Request::CaCertificate => Reply::CaCertificate { pem: daemon.ca.cert_pem().to_owned() },
         Request::ListSessions
+        | Request::Watch { .. }
         | Request::KillSession { .. }
         | Request::ListApprovals
         | Request::Approve { .. }
@@ -111,17 +118,56 @@ async fn handle(daemon: &Arc<Daemon>, peer: Peer, request: Request) -> Reply {
         Request::ListSessions => Reply::Sessions {
             sessions: daemon.sessions.list().iter().map(|s| s.summary()).collect(),
         },
-        Request::KillSession { id } => match daemon.kill_session(&id, peer.uid) {
+        Request::KillSession { id } => match daemon.kill_session(&id, &user_name(peer.uid)) {
             Ok(()) => Reply::SessionKilled { id },
             Err(err) => Reply::Error { message: err.to_string() },
         },
         Request::ListApprovals => Reply::Approvals { calls: daemon.approvals.list() },
+        // Served by `watch` before dispatch; only a refused watcher gets here.
+        Request::Watch { .. } => Reply::Error { message: "watch refused".to_owned() },
         Request::Approve { id } => {
             answer(daemon, &id, Verdict::Approved { by: user_name(peer.uid) })
         }
         Request::Deny { id, reason } => {
             let reason = reason.unwrap_or_else(|| "denied by an administrator".to_owned());
             answer(daemon, &id, Verdict::Denied { by: user_name(peer.uid), reason })
+        }
+    }
+}
+
+/// Streams audit records to an admin's `sessions watch` until it disconnects.
+async fn watch(
+    daemon: &Daemon,
+    session: Option<String>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) {
+    if let Some(id) = &session
+        && daemon.sessions.by_id(id).is_none()
+    {
+        let reply = Reply::Error { message: format!("no live session {id}") };
+        // Serialising our own reply type cannot fail.
+        let mut bytes = serde_json::to_vec(&reply).expect("replies serialise");
+        bytes.push(b'\n');
+        let _ = write.write_all(&bytes).await;
+        return;
+    }
+    let mut feed = daemon.audit.subscribe();
+    loop {
+        let record = match feed.recv().await {
+            Ok(record) => record,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "a session watcher fell behind; records skipped");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if session.as_ref().is_some_and(|id| record.session.as_ref() != Some(id)) {
+            continue;
+        }
+        let Ok(mut bytes) = serde_json::to_vec(&*record) else { continue };
+        bytes.push(b'\n');
+        if write.write_all(&bytes).await.is_err() {
+            return; // the admin pressed Ctrl-C
         }
     }
 }
@@ -196,7 +242,16 @@ async fn open_session(
         return refuse(format!("role {role_arn} cannot be assumed for {}: {err}", identity.subject));
     }
 
+    let recording = match SessionRecording::create(
+        &daemon.config.records.dir,
+        &id,
+        daemon.config.records.body_cap_bytes,
+    ) {
+        Ok(recording) => Arc::new(recording),
+        Err(err) => return refuse(format!("cannot start the session's recording: {err}")),
+    };
     let new = NewSession {
+        recording,
         id,
         name,
         token: SessionToken { token, expires_at: identity.expires_at },
@@ -212,6 +267,14 @@ async fn open_session(
         }
     };
     daemon.watch_session(session.clone());
+    session.recording.append(&Entry::SessionOpened {
+        time: now_rfc3339(),
+        session: session.id.clone(),
+        subject: session.identity.subject.clone(),
+        groups: session.identity.groups.clone(),
+        role_arn: session.role_arn.clone(),
+        pid,
+    });
 
     let mut record = AuditRecord::new(Event::SessionOpened);
     record.session = Some(session.id.clone());

@@ -6,7 +6,9 @@
 //! live session gets an AWS error for every request; a non-AWS TLS destination is refused.
 
 pub mod ca;
+pub mod capture;
 pub mod client_hello;
+pub mod mask;
 pub mod proxy;
 pub mod refusal;
 pub mod upstream;
@@ -25,7 +27,7 @@ use tracing::Instrument as _;
 
 use crate::{
     approvals::Approvals,
-    audit::AuditLog,
+    records::audit::AuditLog,
     policy::{quota::Quotas, store::PolicyStore},
     aws::request::is_aws_host,
     identity::{oidc::OidcValidator, sts::CredentialBroker},
@@ -50,6 +52,8 @@ pub struct Gateway {
     pub quotas: Arc<Quotas>,
     pub approvals: Arc<Approvals>,
     pub upstream: upstream::Upstream,
+    /// The masker of the policy in force, and that policy (to notice reloads).
+    pub masker: std::sync::Mutex<Option<(Arc<crate::policy::Policy>, Arc<mask::Masker>)>>,
     pub tls: TlsAcceptor,
     pub settings: proxy::ProxySettings,
 }

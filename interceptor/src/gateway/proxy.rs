@@ -3,7 +3,7 @@
 //! and write the audit line.
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -14,21 +14,31 @@ use hyper::body::Incoming;
 
 use super::{
     ConnectionInfo, Gateway,
+    mask::{MARKER, MaskFields, Masker, mask_json_or_xml_text, mask_response},
+    capture::{CaptureBody, CaptureSlot, OnEnd},
     refusal::Refusal,
     upstream::{Body, BoxError},
 };
 use crate::{
     approvals::{HeldCall, Verdict},
-    audit::{AuditIdentity, AuditRecord, Event},
+    records::audit::{AuditIdentity, AuditRecord, Event},
     policy::{Call, Effect, Params as _, quota::Charge},
+    records::{
+        audit::now_rfc3339,
+        recording::{Entry, Exchange, RecordedBody, RecordedRequest, RecordedResponse, recorded_headers},
+    },
     aws::{
         error::error_response,
-        request::{AwsRequest, Protocol, classify},
+        request::{AwsRequest, Protocol, classify, protocol_hint},
         sigv4::{Payload, resign},
     },
     identity::sts::AssumeRequest,
     session::{Session, SessionToken},
 };
+
+/// Largest answer the gateway reads whole to mask it (masked answers are API results: a secret,
+/// a parameter list, an item).
+const MAX_MASKED_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// An agent connection idle this long between requests is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -65,31 +75,22 @@ impl Gateway {
         audit.host = host_of(&parts.headers, &parts.uri).or_else(|| conn.sni.clone());
 
         let session = self.sessions.by_cgroup(conn.agent.cgroup_id).filter(|s| !s.is_ended());
-        if let Some(session) = &session {
-            audit.session = Some(session.id.clone());
-            audit.identity = Some(AuditIdentity {
-                subject: session.identity.subject.clone(),
-                groups: session.identity.groups.clone(),
-            });
-            audit.role_arn = Some(session.role_arn.clone());
-            session.counters.requests.fetch_add(1, Ordering::Relaxed);
-        }
-
-        let classified = classify(&parts, None);
-        let protocol = classified.as_ref().map_or(Protocol::RestXml, |req| req.protocol);
-        let outcome = match session {
-            None => Err(Refusal::NoSession { cgroup_id: conn.agent.cgroup_id }),
-            Some(session) => {
-                self.forward(&session, &mut parts, body, classified, &mut audit).await.inspect_err(
-                    |refusal| {
-                        if refusal.decision() == "deny" {
-                            session.counters.denied.fetch_add(1, Ordering::Relaxed);
-                        }
-                    },
-                )
-            }
+        let Some(session) = session else {
+            let refusal = Refusal::NoSession { cgroup_id: conn.agent.cgroup_id };
+            let response = self.refuse(protocol_hint(&parts), &refusal, &mut audit);
+            self.finish_audit(&mut audit, &response, started);
+            return response;
         };
+        audit.session = Some(session.id.clone());
+        audit.identity = Some(AuditIdentity {
+            subject: session.identity.subject.clone(),
+            groups: session.identity.groups.clone(),
+        });
+        audit.role_arn = Some(session.role_arn.clone());
+        session.counters.requests.fetch_add(1, Ordering::Relaxed);
 
+        let mut exchange = ExchangeNotes::new(&parts, audit.host.clone());
+        let outcome = self.forward(&session, &mut parts, body, &mut audit, &mut exchange).await;
         let response = match outcome {
             Ok(response) => {
                 audit.decision.get_or_insert_with(|| "allow".to_owned());
@@ -98,49 +99,70 @@ impl Gateway {
                 response
             }
             Err(refusal) => {
-                let (status, code) = refusal.status_and_code();
-                let request_id = gateway_request_id();
-                let message = refusal.to_string();
-                tracing::warn!(%message, code, "call refused");
-                audit.decision = Some(refusal.decision().to_owned());
-                audit.reason = Some(message.clone());
-                audit.forwarded = Some(false);
-                audit.request_id = Some(request_id.clone());
-                error_response(protocol, status, code, &message, &request_id)
-                    .map(|body| Full::new(body).map_err(|never| match never {}).boxed())
+                if refusal.decision() == "deny" {
+                    session.counters.denied.fetch_add(1, Ordering::Relaxed);
+                }
+                self.refuse(exchange.protocol, &refusal, &mut audit)
             }
         };
-        audit.status = Some(response.status().as_u16());
-        audit.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        self.audit.record(&audit);
-        response
+        self.finish_audit(&mut audit, &response, started);
+        exchange.record(session, &audit, response, started)
     }
 
-    /// Classifies, signs and forwards; the answer's body streams back to the agent.
+    /// The AWS error for a refusal, noted in the audit record.
+    fn refuse(&self, protocol: Protocol, refusal: &Refusal, audit: &mut AuditRecord) -> Response<Body> {
+        let (status, code) = refusal.status_and_code();
+        let request_id = gateway_request_id();
+        let message = refusal.to_string();
+        tracing::warn!(%message, code, "call refused");
+        audit.decision = Some(refusal.decision().to_owned());
+        audit.reason = Some(message.clone());
+        audit.forwarded = Some(false);
+        audit.request_id = Some(request_id.clone());
+        error_response(protocol, status, code, &message, &request_id)
+            .map(|body| Full::new(body).map_err(|never| match never {}).boxed())
+    }
+
+    fn finish_audit(&self, audit: &mut AuditRecord, response: &Response<Body>, started: Instant) {
+        audit.status = Some(response.status().as_u16());
+        audit.duration_ms = Some(millis(started.elapsed()));
+        self.audit.record(audit);
+    }
+
+    /// Classifies, decides, signs and forwards; the answer's body streams back to the agent.
     async fn forward(
         &self,
         session: &Session,
         parts: &mut http::request::Parts,
         body: Incoming,
-        classified: Result<AwsRequest, crate::aws::request::RequestError>,
         audit: &mut AuditRecord,
+        exchange: &mut ExchangeNotes,
     ) -> Result<Response<Body>, Refusal> {
         let token = self.current_token(session).await?;
-        let mut aws_request = classified.map_err(Refusal::Malformed)?;
+        let mut aws_request = classify(parts, None).map_err(Refusal::Malformed)?;
+        exchange.protocol = aws_request.protocol;
 
         // S3 bodies stream through untouched (S3 checks them against the signed hash header);
         // API calls carry their parameters in the body, which is read to classify and hash it.
+        let cap = session.recording.body_cap();
         let (upstream_body, api_body) = if aws_request.streams_body() {
-            (body.map_err(BoxError::from).boxed(), None)
+            let captured = CaptureBody::new(body, cap, exchange.request_body.clone(), None);
+            (captured.map_err(BoxError::from).boxed(), None)
         } else {
             let bytes = self.read_api_body(body).await?;
             aws_request = classify(parts, Some(&bytes)).map_err(Refusal::Malformed)?;
             (Full::new(bytes.clone()).map_err(|never| match never {}).boxed(), Some(bytes))
         };
+        let masker = self.masker();
+        let request_secrets = masker.request_fields_for(aws_request.action.as_deref());
+        if let Some(bytes) = &api_body {
+            exchange.keep_request_body(bytes, request_secrets.as_ref(), cap);
+        }
         audit.service = Some(aws_request.service.clone());
         audit.region = Some(aws_request.region.clone());
         audit.action = aws_request.action.clone();
         audit.resource = aws_request.resource.clone();
+        exchange.params = recorded_params(&aws_request, request_secrets.as_ref());
 
         self.decide(session, &aws_request, audit).await?;
 
@@ -154,6 +176,10 @@ impl Gateway {
             })
             .await
             .map_err(Refusal::Credentials)?;
+        // A kill while STS answered: the session's calls are refused from that instant on.
+        if session.is_ended() {
+            return Err(Refusal::NoSession { cgroup_id: session.cgroup_id });
+        }
 
         for name in &HOP_BY_HOP {
             parts.headers.remove(name);
@@ -184,7 +210,47 @@ impl Gateway {
         for name in &HOP_BY_HOP {
             head.headers.remove(name);
         }
-        Ok(Response::from_parts(head, body.map_err(BoxError::from).boxed()))
+        // Error answers carry no secrets (and may not parse); only successes are masked.
+        let fields = masker.fields_for(aws_request.action.as_deref());
+        let body = match fields {
+            Some(fields) if head.status.is_success() => {
+                self.masked_body(&fields, &mut head.headers, body).await?
+            }
+            _ => body.map_err(BoxError::from).boxed(),
+        };
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// Reads a whole answer that has fields to mask, masks them and fixes the integrity
+    /// headers. If the answer cannot be masked it is not passed on: fail closed.
+    async fn masked_body(
+        &self,
+        fields: &MaskFields,
+        headers: &mut HeaderMap,
+        body: Incoming,
+    ) -> Result<Body, Refusal> {
+        let limited = Limited::new(body, MAX_MASKED_ANSWER_BYTES);
+        let bytes = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => return Err(Refusal::MaskFailed(format!("answer unreadable: {err}"))),
+        };
+        let outcome = mask_response(fields, headers, bytes)
+            .map_err(|err| Refusal::MaskFailed(err.to_string()))?;
+        Ok(Full::new(outcome.body).map_err(|never| match never {}).boxed())
+    }
+
+    /// The masker for the policy in force, rebuilt only when the policy was reloaded.
+    fn masker(&self) -> Arc<Masker> {
+        let policy = self.policy.current();
+        let mut cached = self.masker.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((for_policy, masker)) if Arc::ptr_eq(for_policy, &policy) => masker.clone(),
+            _ => {
+                let masker = Arc::new(Masker::new(&policy.masks));
+                *cached = Some((policy, masker.clone()));
+                masker
+            }
+        }
     }
 
     /// Applies the policy: returns once the call may go ahead (allowed, within its limit, or
@@ -306,6 +372,24 @@ impl Gateway {
     }
 }
 
+/// The classified parameters as the recording keeps them, secret-bearing values masked.
+fn recorded_params(request: &AwsRequest, secret: Option<&MaskFields>) -> Vec<(String, String)> {
+    request
+        .params
+        .0
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = value.as_str()?.into_owned();
+            let masked = secret.is_some_and(|fields| fields.masks_name(name));
+            Some((name.clone(), if masked { MARKER.to_owned() } else { value }))
+        })
+        .collect()
+}
+
+fn millis(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn still_valid(token: SessionToken) -> Result<SessionToken, Refusal> {
     if token.expires_at > SystemTime::now() {
         return Ok(token);
@@ -313,6 +397,108 @@ fn still_valid(token: SessionToken) -> Result<SessionToken, Refusal> {
     Err(Refusal::TokenExpired(crate::identity::oidc::IdentityError::Expired {
         expired_at: token.expires_at,
     }))
+}
+
+/// What the recording needs of an exchange, gathered while it is served.
+struct ExchangeNotes {
+    time: String,
+    method: String,
+    host: String,
+    target: String,
+    request_headers: Vec<(String, String)>,
+    request_body: CaptureSlot,
+    content_type: Option<String>,
+    params: Vec<(String, String)>,
+    protocol: Protocol,
+}
+
+impl ExchangeNotes {
+    fn new(parts: &http::request::Parts, host: Option<String>) -> Self {
+        Self {
+            time: now_rfc3339(),
+            method: parts.method.to_string(),
+            host: host.unwrap_or_default(),
+            target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
+            request_headers: recorded_headers(&parts.headers),
+            request_body: CaptureSlot::default(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            params: Vec::new(),
+            protocol: protocol_hint(parts),
+        }
+    }
+
+    /// Keeps the (masked) API body; masking runs on the whole body, then the cap cuts it.
+    fn keep_request_body(&self, bytes: &Bytes, secret: Option<&MaskFields>, cap: usize) {
+        let masked = match secret {
+            Some(fields) => {
+                let content_type = self.content_type.as_deref();
+                mask_json_or_xml_text(fields, content_type, bytes)
+            }
+            None => bytes.clone(),
+        };
+        let mut slot = self.request_body.lock().unwrap_or_else(|e| e.into_inner());
+        slot.size = bytes.len() as u64;
+        slot.kept.extend_from_slice(&masked[..masked.len().min(cap)]);
+        slot.complete = true;
+    }
+
+    /// Wraps the answer so that, once its body has been sent (or the agent left), the whole
+    /// exchange is appended to the session's recording.
+    fn record(
+        self,
+        session: Arc<Session>,
+        audit: &AuditRecord,
+        response: Response<Body>,
+        started: Instant,
+    ) -> Response<Body> {
+        let (head, body) = response.into_parts();
+        let response_body = CaptureSlot::default();
+        let status = head.status.as_u16();
+        let response_headers = recorded_headers(&head.headers);
+        let audit = audit.clone();
+        let cap = session.recording.body_cap();
+        let slot = response_body.clone();
+        let on_end: OnEnd = Box::new(move || {
+            let captured = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+            let request = std::mem::take(&mut *self.request_body.lock().unwrap_or_else(|e| e.into_inner()));
+            let recording = session.recording.clone();
+            let exchange = Exchange {
+                seq: recording.next_seq(),
+                time: self.time,
+                duration_ms: millis(started.elapsed()),
+                subject: session.identity.subject.clone(),
+                groups: session.identity.groups.clone(),
+                service: audit.service,
+                region: audit.region,
+                action: audit.action,
+                params: self.params,
+                decision: audit.decision.unwrap_or_default(),
+                rule: audit.rule,
+                reason: audit.reason,
+                request: RecordedRequest {
+                    method: self.method,
+                    host: self.host,
+                    target: self.target,
+                    headers: self.request_headers,
+                    body: RecordedBody::new(&request.kept, request.size),
+                },
+                response: RecordedResponse {
+                    status,
+                    headers: response_headers,
+                    body: RecordedBody::new(&captured.kept, captured.size),
+                    complete: captured.complete,
+                },
+                request_id: audit.request_id,
+            };
+            recording.append(&Entry::Exchange(Box::new(exchange)));
+        });
+        let body = CaptureBody::new(body, cap, response_body, Some(on_end)).boxed();
+        Response::from_parts(head, body)
+    }
 }
 
 /// The parameters an approver needs to see, `name=value`, at most a handful.

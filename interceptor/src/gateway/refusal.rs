@@ -44,6 +44,9 @@ pub enum Refusal {
     /// The request is in a form the gateway does not re-sign.
     #[error("request cannot be re-signed: {0}")]
     Signing(SignError),
+    /// An answer with fields to mask could not be masked, so it is withheld.
+    #[error("the answer could not be masked and was withheld: {0}")]
+    MaskFailed(String),
     /// AWS (or the configured upstream) could not be reached.
     #[error("upstream {host} unreachable: {cause}")]
     Upstream { host: String, cause: String },
@@ -66,7 +69,9 @@ impl Refusal {
             Self::Malformed(_) | Self::BodyRead(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
             Self::Signing(_) => (StatusCode::BAD_REQUEST, "NotImplemented"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-            Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "ServiceUnavailable"),
+            Self::Upstream { .. } | Self::MaskFailed(_) => {
+                (StatusCode::BAD_GATEWAY, "ServiceUnavailable")
+            }
         }
     }
 

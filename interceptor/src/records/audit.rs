@@ -14,11 +14,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 
 /// What kind of line this is.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     Request,
@@ -29,14 +31,14 @@ pub enum Event {
 }
 
 /// Who made the call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditIdentity {
     pub subject: String,
     pub groups: Vec<String>,
 }
 
 /// One line of the audit log. Fields that do not apply are left out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub time: String,
@@ -128,10 +130,15 @@ pub struct AuditError {
     source: std::io::Error,
 }
 
+/// How many records a slow `sessions watch` may fall behind before it skips some.
+const WATCH_BACKLOG: usize = 1024;
+
 /// Handle to the audit writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     lines: mpsc::UnboundedSender<Vec<u8>>,
+    /// Every record is also offered to live watchers (`interceptor sessions watch`).
+    watchers: broadcast::Sender<Arc<AuditRecord>>,
 }
 
 impl AuditLog {
@@ -152,7 +159,13 @@ impl AuditLog {
             let path = path.to_owned();
             move || write_lines(file, queue, &path)
         });
-        Ok(Self { lines })
+        let (watchers, _) = broadcast::channel(WATCH_BACKLOG);
+        Ok(Self { lines, watchers })
+    }
+
+    /// A live feed of the records written from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
+        self.watchers.subscribe()
     }
 
     /// Queues one record; never blocks.
@@ -167,6 +180,10 @@ impl AuditLog {
         line.push(b'\n');
         if self.lines.send(line).is_err() {
             tracing::error!("audit writer has stopped; record lost");
+        }
+        if self.watchers.receiver_count() > 0 {
+            // No watcher is not an error.
+            let _ = self.watchers.send(Arc::new(record.clone()));
         }
     }
 }
