@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     pub redirect_ports: Vec<u16>,
     /// Largest non-S3 request body read for classification and signing, in bytes.
     pub max_api_body_bytes: u64,
+    /// Redirected connections to hosts that are not AWS: "refuse" (close) or "pass" (splice
+    /// the bytes, untouched, to where the agent was going).
+    pub other_destinations: crate::gateway::OtherDestinations,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
             port: DEFAULT_GATEWAY_PORT,
             redirect_ports: DEFAULT_REDIRECT_PORTS.to_vec(),
             max_api_body_bytes: DEFAULT_MAX_API_BODY_BYTES,
+            other_destinations: crate::gateway::OtherDestinations::Refuse,
         }
     }
 }

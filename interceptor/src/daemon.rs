@@ -83,7 +83,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         upstream,
         masker: std::sync::Mutex::new(None),
         tls: gateway::tls_acceptor(ca.clone()),
-        settings: ProxySettings { max_api_body_bytes: config.gateway.max_api_body_bytes },
+        settings: ProxySettings {
+            max_api_body_bytes: config.gateway.max_api_body_bytes,
+            other_destinations: config.gateway.other_destinations,
+        },
     });
     for listener in listeners {
         let addr = listener.local_addr()?;

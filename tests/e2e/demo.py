@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -186,22 +187,18 @@ def run_agent(step: Steps, world: World, agents: Agents, token_file: Path) -> No
                              stderr=subprocess.STDOUT, text=True, env=agents.env(),
                              start_new_session=True)
     assert agent.stdin is not None and agent.stdout is not None  # both are pipes
+    lines = follow(agent.stdout)
     deadline = time.monotonic() + AGENT_TIMEOUT
     try:
-        while time.monotonic() < deadline:
-            line = read_line(agent.stdout, deadline - time.monotonic())
+        while (line := next_line(lines, deadline)) is not None:
+            say(line, indent=2)
             if line == WAIT_MARK:
-                say(line, indent=2)
                 show_sessions(step, world)
                 step("The agent finishes")
                 agent.stdin.write("\n")
                 agent.stdin.close()
-                break
-            if not line and agent.poll() is not None:
-                break
-            say(line, indent=2)
         code = agent.wait(max(1.0, deadline - time.monotonic()))
-    except (HarnessError, subprocess.TimeoutExpired) as error:
+    except (DemoError, subprocess.TimeoutExpired) as error:
         agent.kill()
         raise DemoError(f"the agent did not finish: {error}") from None
     say(f"`interceptor run` exited {code} (the agent's own exit code)")
@@ -209,12 +206,29 @@ def run_agent(step: Steps, world: World, agents: Agents, token_file: Path) -> No
         raise DemoError(f"the agent failed with exit code {code}")
 
 
-def read_line(stream, timeout: float) -> str:
-    """One line of the agent's output (indentation kept), with a deadline."""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        raise DemoError(f"no output from the agent within {timeout:.0f}s")
-    return stream.readline().rstrip("\n")
+def follow(stream) -> queue.Queue:
+    """The stream's lines (indentation kept) on a queue, then None at its end.
+
+    A thread reads, so a line already in the stream's buffer is never missed (select on the
+    descriptor cannot see it).
+    """
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def next_line(lines: queue.Queue, deadline: float) -> str | None:
+    """The agent's next line, None at the end of its output; DemoError at the deadline."""
+    try:
+        return lines.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        raise DemoError(f"no output from the agent within {AGENT_TIMEOUT:.0f}s") from None
 
 
 def show_sessions(step: Steps, world: World) -> None:

@@ -19,8 +19,10 @@ use std::{
     time::Duration,
 };
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
@@ -131,7 +133,14 @@ impl Gateway {
             };
             let info = |sni| ConnectionInfo { peer, agent, sni };
             match first {
-                Peek::NotTls => self.serve_http(TokioIo::new(stream), info(None)).await,
+                Peek::NotTls => match plain_http_host(&stream).await {
+                    // No Host (an h2 preface, or garbage): served, and refused per request.
+                    None => self.serve_http(TokioIo::new(stream), info(None)).await,
+                    Some(host) if is_aws_host(host_name(&host)) => {
+                        self.serve_http(TokioIo::new(stream), info(None)).await
+                    }
+                    Some(host) => self.other_destination(stream, &agent, &host).await,
+                },
                 Peek::Hello(hello) => match hello.server_name {
                     Some(sni) if is_aws_host(&sni) => {
                         tracing::Span::current().record("sni", sni.as_str());
@@ -140,7 +149,7 @@ impl Gateway {
                             Err(err) => tracing::warn!(error = %err, "agent TLS handshake failed"),
                         }
                     }
-                    Some(sni) => tracing::warn!(%sni, "non-AWS TLS destination refused"),
+                    Some(sni) => self.other_destination(stream, &agent, &sni).await,
                     None => tracing::warn!("TLS without a server name refused"),
                 },
                 Peek::Incomplete => tracing::debug!("connection closed mid-hello"),
@@ -161,15 +170,97 @@ impl Gateway {
             let info = info.clone();
             async move { Ok::<_, std::convert::Infallible>(gateway.handle(&info, request).await) }
         });
-        let served = http1::Builder::new()
+        // HTTP/1.1, or HTTP/2 when the client sends its preface (after ALPN "h2", or directly).
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
             .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Some(proxy::IDLE_TIMEOUT))
-            .serve_connection(io, service)
-            .await;
-        if let Err(err) = served {
+            .timer(TokioTimer::new())
+            .header_read_timeout(Some(proxy::IDLE_TIMEOUT));
+        builder.http2().timer(TokioTimer::new());
+        if let Err(err) = builder.serve_connection(io, service).await {
             tracing::debug!(error = %err, "agent connection ended with an error");
         }
+    }
+
+    /// A redirected connection to a host that is not AWS: spliced to where the agent was going,
+    /// untouched, or refused, as `gateway.other_destinations` says.
+    async fn other_destination(&self, mut stream: TcpStream, agent: &AgentConnection, host: &str) {
+        if self.settings.other_destinations == OtherDestinations::Refuse {
+            return tracing::warn!(%host, "non-AWS destination refused (gateway.other_destinations)");
+        }
+        let target = unmapped(agent.original_dst);
+        let upstream = match tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(err)) => return tracing::warn!(%host, %target, error = %err, "pass-through connect failed"),
+            Err(_) => return tracing::warn!(%host, %target, "pass-through connect timed out"),
+        };
+        tracing::debug!(%host, %target, "non-AWS destination passed through");
+        let mut upstream = upstream;
+        if let Err(err) = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+            tracing::debug!(%host, error = %err, "pass-through ended with an error");
+        }
+    }
+}
+
+/// What the gateway does with redirected connections to hosts that are not AWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherDestinations {
+    /// Close the connection: only AWS is reachable from an agent on redirected ports.
+    Refuse,
+    /// Splice the bytes to the original destination without looking at them.
+    Pass,
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is, so the daemon's own socket can reach
+/// it whatever its family.
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// The host of a `Host` header value, without its port.
+fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']') => name,
+        _ => host,
+    }
+}
+
+/// Largest plain-HTTP request head examined for its Host header.
+const MAX_PLAIN_HEAD: usize = 16 * 1024;
+
+/// The Host header of a plain-HTTP request, peeked without consuming it. None for an HTTP/2
+/// preface, a head without Host, or bytes that are not an HTTP head.
+async fn plain_http_host(stream: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; MAX_PLAIN_HEAD];
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        let head = &buf[..n];
+        if head.starts_with(b"PRI * HTTP/2.0") {
+            return None;
+        }
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            return std::str::from_utf8(&head[..end]).ok()?.lines().skip(1).find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim().eq_ignore_ascii_case("host").then(|| value.trim().to_ascii_lowercase())
+            });
+        }
+        if n == MAX_PLAIN_HEAD || n == 0 {
+            return None;
+        }
+        if n == seen {
+            tokio::time::sleep(PEEK_RETRY).await;
+        }
+        seen = n;
     }
 }
 
@@ -196,7 +287,7 @@ async fn peek_hello(stream: &TcpStream) -> std::io::Result<Peek> {
     }
 }
 
-/// The rustls server config: leaves minted per SNI, HTTP/1.1 only for now.
+/// The rustls server config: leaves minted per SNI; HTTP/2 and HTTP/1.1 offered.
 pub fn tls_acceptor(ca: Arc<ca::CertificateAuthority>) -> TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // ring's default provider supports the safe default versions; this cannot fail.
@@ -205,6 +296,6 @@ pub fn tls_acceptor(ca: Arc<ca::CertificateAuthority>) -> TlsAcceptor {
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(ca::LeafResolver(ca)));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsAcceptor::from(Arc::new(config))
 }

@@ -49,12 +49,14 @@ const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub max_api_body_bytes: u64,
+    pub other_destinations: super::OtherDestinations,
 }
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110 section 7.6.1), plus
 /// `expect`, which the gateway answers itself.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
+    header::TRANSFER_ENCODING,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
