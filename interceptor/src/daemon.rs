@@ -14,7 +14,7 @@ use crate::{
     policy::{quota::Quotas, store::PolicyStore},
     records::{
         audit::{AuditIdentity, AuditLog, AuditRecord, Event, now_rfc3339},
-        recording::Entry,
+        recording::{Entry, SessionRecording},
     },
     config::Config,
     control,
@@ -67,7 +67,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Redirector::install(&redirect_settings(&config, &cgroup2))
             .context("attaching the eBPF redirect")?,
     );
-    let sessions = Arc::new(SessionRegistry::new(cgroup_root.clone()));
+    let sessions = Arc::new(SessionRegistry::new(
+        cgroup_root.clone(),
+        config.records.dir.join("state"),
+    ));
+    let body_cap = config.records.body_cap_bytes;
+    let restored = sessions.restore(|id| {
+        SessionRecording::reopen(&config.records.dir, id, body_cap)
+            .inspect_err(|err| tracing::warn!(session = id, error = %err, "recording not reopened"))
+            .ok()
+            .map(Arc::new)
+    });
     let control_listener = control::server::bind(&config.control.socket)
         .with_context(|| format!("binding {}", config.control.socket.display()))?;
 
@@ -95,6 +105,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(policy.watch());
     let daemon = Arc::new(Daemon { config, approvals, sessions, oidc, broker, ca, audit });
+    for session in restored {
+        tracing::info!(session = %session.id, subject = %session.identity.subject,
+            "session adopted from the previous daemon");
+        daemon.watch_session(session);
+    }
     tracing::info!(socket = %daemon.config.control.socket.display(),
         cgroup_root = %cgroup_root.display(), "control socket listening");
     tokio::spawn(control::server::serve(daemon.clone(), control_listener));

@@ -68,7 +68,7 @@ pub struct SessionSummary {
 }
 
 /// A validated OIDC token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionToken {
     pub token: String,
     pub expires_at: SystemTime,
@@ -145,10 +145,27 @@ impl Session {
     }
 }
 
+/// What is kept on disk of a live session, so a restarted daemon adopts it again: its agents
+/// keep working across a daemon restart instead of being refused until they are restarted.
+/// The file holds the agent's token, so it is root's alone (0600).
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionState {
+    id: String,
+    name: Option<String>,
+    identity: Identity,
+    role_arn: String,
+    token: SessionToken,
+    token_file: Option<PathBuf>,
+    cgroup_dir: PathBuf,
+    started_at: SystemTime,
+}
+
 /// All live sessions, by cgroup id and by session id.
 #[derive(Debug)]
 pub struct SessionRegistry {
     cgroup_root: PathBuf,
+    /// Where each live session's [`SessionState`] is kept.
+    state_dir: PathBuf,
     sessions: RwLock<Sessions>,
 }
 
@@ -159,9 +176,103 @@ struct Sessions {
 }
 
 impl SessionRegistry {
-    /// `cgroup_root` is the parent directory of the session cgroups; it must exist.
-    pub fn new(cgroup_root: PathBuf) -> Self {
-        Self { cgroup_root, sessions: RwLock::new(Sessions::default()) }
+    /// `cgroup_root` is the parent directory of the session cgroups; `state_dir` keeps the
+    /// live sessions' state files.
+    pub fn new(cgroup_root: PathBuf, state_dir: PathBuf) -> Self {
+        Self { cgroup_root, state_dir, sessions: RwLock::new(Sessions::default()) }
+    }
+
+    /// Adopts the sessions an earlier daemon left whose cgroups still hold processes; the state
+    /// of sessions that ended meanwhile is removed. `reopen` gives each its recording again.
+    pub fn restore(
+        &self,
+        reopen: impl Fn(&str) -> Option<Arc<SessionRecording>>,
+    ) -> Vec<Arc<Session>> {
+        let Ok(entries) = fs::read_dir(&self.state_dir) else { return Vec::new() };
+        let mut restored = Vec::new();
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let state = fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<SessionState>(&bytes).ok());
+            let Some(state) = state else {
+                tracing::warn!(path = %path.display(), "unreadable session state removed");
+                let _ = fs::remove_file(&path);
+                continue;
+            };
+            let live = fs::read_to_string(state.cgroup_dir.join("cgroup.events"))
+                .is_ok_and(|events| events.lines().any(|l| l.trim() == "populated 1"));
+            let cgroup_id = crate::redirect::cgroupfs::cgroup_id(&state.cgroup_dir).ok();
+            let recording = reopen(&state.id);
+            let (true, Some(cgroup_id), Some(recording)) = (live, cgroup_id, recording) else {
+                let _ = fs::remove_file(&path);
+                let _ = fs::remove_dir(&state.cgroup_dir);
+                continue;
+            };
+            let session = Arc::new(Session {
+                id: state.id,
+                name: state.name,
+                identity: state.identity,
+                role_arn: state.role_arn,
+                cgroup_dir: state.cgroup_dir,
+                cgroup_id,
+                started_at: state.started_at,
+                token: RwLock::new(state.token),
+                token_file: state.token_file,
+                ended: AtomicBool::new(false),
+                counters: Counters::default(),
+                recording,
+            });
+            self.register(&session);
+            restored.push(session);
+        }
+        restored
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.state_dir.join(format!("{id}.json"))
+    }
+
+    /// Writes the session's state file (0600), replacing it whole.
+    fn save(&self, session: &Session) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        fs::create_dir_all(&self.state_dir)?;
+        let state = SessionState {
+            id: session.id.clone(),
+            name: session.name.clone(),
+            identity: session.identity.clone(),
+            role_arn: session.role_arn.clone(),
+            token: session.token(),
+            token_file: session.token_file.clone(),
+            cgroup_dir: session.cgroup_dir.clone(),
+            started_at: session.started_at,
+        };
+        let path = self.state_path(&session.id);
+        let tmp = path.with_extension("json.tmp");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut file, &serde_json::to_vec(&state)?)?;
+        fs::rename(&tmp, &path)
+    }
+
+    /// Saves a session's changed state (a renewed token); a failure only costs the session
+    /// its adoption by a restarted daemon, so it is logged, not returned.
+    pub fn persist(&self, session: &Session) {
+        if let Err(err) = self.save(session) {
+            tracing::warn!(session = %session.id, error = %err, "session state not saved");
+        }
+    }
+
+    fn register(&self, session: &Arc<Session>) {
+        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        sessions.by_cgroup.insert(session.cgroup_id, session.clone());
+        sessions.by_id.insert(session.id.clone(), session.clone());
     }
 
     pub fn cgroup_root(&self) -> &Path {
@@ -196,12 +307,11 @@ impl SessionRegistry {
             recording: new.recording,
         });
         // Registered before the process joins, so its first connect() already finds it.
-        {
-            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-            sessions.by_cgroup.insert(cgroup_id, session.clone());
-            sessions.by_id.insert(id, session.clone());
-        }
-        if let Err(source) = fs::write(cgroup_dir.join("cgroup.procs"), pid.to_string()) {
+        self.register(&session);
+        let joined = self
+            .save(&session)
+            .and_then(|()| fs::write(cgroup_dir.join("cgroup.procs"), pid.to_string()));
+        if let Err(source) = joined {
             self.close(&session);
             return Err(cgroup_err(source));
         }
@@ -230,11 +340,7 @@ impl SessionRegistry {
     /// is tried either way, so a killed session's directory goes once its processes are gone.
     pub fn close(&self, session: &Session) -> bool {
         let first = !session.ended.swap(true, Ordering::AcqRel);
-        {
-            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-            sessions.by_cgroup.remove(&session.cgroup_id);
-            sessions.by_id.remove(&session.id);
-        }
+        self.unregister(session);
         if let Err(err) = fs::remove_dir(&session.cgroup_dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
@@ -244,16 +350,22 @@ impl SessionRegistry {
         first
     }
 
-    /// Sends SIGKILL to every process of the session at once (cgroup.kill), then ends it.
-    pub fn kill(&self, id: &str) -> Result<Arc<Session>, SessionError> {
-        let session = self.by_id(id).ok_or_else(|| SessionError::Unknown(id.to_owned()))?;
-        // Mark it ended first: from this instant every call of the session is refused.
-        session.ended.store(true, Ordering::Release);
+    /// Forgets the session, in memory and on disk.
+    fn unregister(&self, session: &Session) {
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
             sessions.by_cgroup.remove(&session.cgroup_id);
             sessions.by_id.remove(&session.id);
         }
+        let _ = fs::remove_file(self.state_path(&session.id));
+    }
+
+    /// Sends SIGKILL to every process of the session at once (cgroup.kill), then ends it.
+    pub fn kill(&self, id: &str) -> Result<Arc<Session>, SessionError> {
+        let session = self.by_id(id).ok_or_else(|| SessionError::Unknown(id.to_owned()))?;
+        // Mark it ended first: from this instant every call of the session is refused.
+        session.ended.store(true, Ordering::Release);
+        self.unregister(&session);
         let kill_file = session.cgroup_dir.join("cgroup.kill");
         fs::write(&kill_file, "1")
             .map_err(|source| SessionError::Cgroup { path: kill_file, source })?;

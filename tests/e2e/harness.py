@@ -925,5 +925,59 @@ def wait_for_held_call(config: Path, predicate, timeout: float = 30.0) -> dict[s
     return found[0]
 
 
+# ---------------------------------------------------------------------------------------------
+# Recordings, replay and the admin CLI (test_records_*.py)
+# ---------------------------------------------------------------------------------------------
+
+#: What a masked text value becomes (MARKER in interceptor/src/gateway/mask.rs).
+MASK_MARKER = "<masked by interceptor>"
+#: Session recordings: records.dir/sessions/<session id>.jsonl, one JSON object per line with a
+#: `kind` (session_opened, exchange, session_killed, session_ended).
+RECORDINGS_DIR_NAME = "sessions"
+
+
+def sessions_argv(config: Path, *command: str, json: bool = False) -> list[str]:
+    """`interceptor sessions [--json] [watch [ID] | kill ID]`."""
+    return [str(BINARY), "sessions", *(["--json"] if json else []), *command,
+            "--config", str(config)]
+
+
+def replay_argv(config: Path, session: str, json: bool = False,
+                policy: Path | None = None) -> list[str]:
+    """`interceptor replay SESSION [--json] [--policy P]`: reads the recording, no daemon."""
+    argv = [str(BINARY), "replay", session, "--config", str(config)]
+    argv += ["--json"] if json else []
+    return argv + (["--policy", str(policy)] if policy else [])
+
+
+def recording_path(world: World, session: str) -> Path:
+    return world.records / RECORDINGS_DIR_NAME / f"{session}.jsonl"
+
+
+def read_recording(world: World, session: str) -> list[dict[str, Any]]:
+    """A session's recording; every line must parse (the file is always readable)."""
+    return read_jsonl(recording_path(world, session))
+
+
+def live_sessions(config: Path) -> list[dict[str, Any]]:
+    """`interceptor sessions --json`."""
+    result = admin(sessions_argv(config, json=True))
+    if result.returncode != 0:
+        raise HarnessError(f"interceptor sessions failed: {describe(result)}")
+    return json.loads(result.stdout)
+
+
+def wait_for_session(config: Path, predicate, timeout: float = 30.0) -> dict[str, Any]:
+    """The first live session that satisfies `predicate`, polled with a deadline."""
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [s for s in live_sessions(config) if predicate(s)]
+        return bool(found)
+
+    wait_until(seen, timeout, "the session in `interceptor sessions`", interval=0.1)
+    return found[0]
+
+
 if __name__ == "__main__":
     sys.exit("harness.py is a library for tests/e2e; run the suite with scripts/test")

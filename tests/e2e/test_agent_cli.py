@@ -53,7 +53,9 @@ def test_secretsmanager_json_protocol_round_trip(agents: Agents, alice_token_fil
     secret = aws_json(agents, alice_token_file, "secretsmanager", "get-secret-value",
                       "--secret-id", "e2e/cli")
 
-    assert secret["SecretString"] == "s3cr3t-from-cli"
+    # Secrets Manager values are masked by default: the call succeeds, the secret stays out.
+    assert secret["SecretString"] == harness.MASK_MARKER
+    assert secret["Name"] == "e2e/cli"
 
 
 def test_dynamodb_json_protocol_create_then_list(agents: Agents, alice_token_file: Path):

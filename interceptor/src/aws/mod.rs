@@ -8,6 +8,7 @@
 //! `error_response(req.protocol, ...)`, or with [`protocol_hint`] when classification failed;
 //! [`RequestError::status_and_code`] and [`SignError::status_and_code`] give status and code.
 
+pub mod chunked;
 pub mod error;
 pub mod request;
 mod s3;

@@ -10,6 +10,7 @@
 //! it is valid for a whole day, region and service. That is a few microseconds per request;
 //! a per-(day, region, service) key cache needs our own canonicaliser (issue 6).
 
+use super::chunked::{ChunkSigner, Variant};
 use super::request::{AwsRequest, query_pairs, request_host};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
@@ -74,8 +75,8 @@ pub enum Payload<'a> {
 /// forwards the request.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    /// A body signed chunk by chunk from the seed signature: the chunk signatures would all
-    /// have to be rebuilt.
+    /// A body signed chunk by chunk from the seed signature, given to [`resign`]: the
+    /// SigV4 variants go through [`resign_chunked`]; the SigV4a ones are refused.
     #[error(
         "re-sign request: x-amz-content-sha256 {value:?} (chunk-signed streaming upload) is not \
          supported through the gateway yet; use an unsigned-payload upload"
@@ -84,6 +85,11 @@ pub enum SignError {
         /// The declared payload marker.
         value: String,
     },
+    /// [`resign_chunked`] called for a request that declares no chunk-signed payload.
+    #[error(
+        "re-sign request: x-amz-content-sha256 is not STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]"
+    )]
+    NotChunkSigned,
     /// SigV4a (`AWS4-ECDSA-P256-SHA256`); re-signing it as SigV4 would silently downgrade it.
     #[error("re-sign request: SigV4a (AWS4-ECDSA-P256-SHA256) signatures are not supported")]
     SigV4a,
@@ -153,7 +159,54 @@ pub fn resign(
     creds: &Credentials,
     now: SystemTime,
 ) -> Result<(), SignError> {
-    sign_with_rules(parts, req, Rules::for_request(req), payload, creds, now)
+    sign_with_rules(parts, req, Rules::for_request(req), payload, creds, now).map(drop)
+}
+
+/// The chunk-signed variant `parts` declares in `x-amz-content-sha256`
+/// (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`), if any. Such a request is re-signed with
+/// [`resign_chunked`], not [`resign`] (which refuses it).
+pub fn chunk_signed(parts: &Parts) -> Option<Variant> {
+    let value = parts.headers.get(CONTENT_SHA256)?.to_str().ok()?;
+    Variant::from_marker(value)
+}
+
+/// Re-signs the head of a chunk-signed streaming upload like [`resign`], with the streaming
+/// marker as the payload hash, and returns the chain that re-signs its body: the request's
+/// new signature is the seed of the chunk signatures. The body must then be sent through
+/// [`super::chunked::ResignedBody`] (or [`super::chunked::ChunkResigner`]); sent as is, its
+/// chunk signatures would be the agent's.
+///
+/// Content-Length, `Content-Encoding: aws-chunked` and `x-amz-decoded-content-length` are
+/// signed as sent: the re-framed body has the same length. Errors as for [`resign`]; a request
+/// that declares no chunk-signed marker is refused with [`SignError::NotChunkSigned`].
+pub fn resign_chunked(
+    parts: &mut Parts,
+    req: &AwsRequest,
+    creds: &Credentials,
+    now: SystemTime,
+) -> Result<ChunkSigner, SignError> {
+    refuse_unsupported(parts)?;
+    let variant = chunk_signed(parts).ok_or(SignError::NotChunkSigned)?;
+    let rules = Rules::for_request(req);
+    let body = SignableBody::Precomputed(variant.marker().to_owned());
+    let seed = sign_head(parts, req, rules, body, true, creds, now)?;
+
+    let date_time = parts
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| SignError::Signer("the signer set no X-Amz-Date".to_owned()))?
+        .to_owned();
+    let date = date_time.get(..8).unwrap_or(&date_time);
+    let scope = format!("{date}/{}/{}/aws4_request", req.region, req.signing_name);
+    // Same secret, time, region and name as the seed signature: the key of its scope.
+    let key = aws_sigv4::sign::v4::generate_signing_key(
+        creds.secret_access_key(),
+        now,
+        &req.region,
+        &req.signing_name,
+    );
+    Ok(ChunkSigner::new(variant, key.as_ref(), date_time, scope, seed))
 }
 
 /// The per-service choices of SigV4.
@@ -185,12 +238,25 @@ fn sign_with_rules(
     payload: Payload<'_>,
     creds: &Credentials,
     now: SystemTime,
-) -> Result<(), SignError> {
+) -> Result<String, SignError> {
     refuse_unsupported(parts)?;
     let declared = declared_payload_hash(parts)?;
     let body = signable_body(req, rules, payload, declared.as_deref())?;
     let send_content_sha256 = rules.always_content_sha256 || declared.is_some();
+    sign_head(parts, req, rules, body, send_content_sha256, creds, now)
+}
 
+/// Replaces the agent's signing headers with a signature over `body`'s hash; returns the
+/// signature (the seed of a chunk-signed body).
+fn sign_head(
+    parts: &mut Parts,
+    req: &AwsRequest,
+    rules: Rules,
+    body: SignableBody<'_>,
+    send_content_sha256: bool,
+    creds: &Credentials,
+    now: SystemTime,
+) -> Result<String, SignError> {
     for name in AGENT_SIGNING_HEADERS {
         parts.headers.remove(*name);
     }
@@ -211,7 +277,7 @@ fn sign_with_rules(
     let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let signable = SignableRequest::new(parts.method.as_str(), uri, headers.into_iter(), body)
         .map_err(|e| SignError::Signer(error_chain(&e)))?;
-    let (instructions, _signature) = sign(signable, &params)
+    let (instructions, signature) = sign(signable, &params)
         .map_err(|e| SignError::Signer(error_chain(&e)))?
         .into_parts();
 
@@ -224,7 +290,7 @@ fn sign_with_rules(
             .headers
             .insert(HeaderName::from_static(header.name()), value);
     }
-    Ok(())
+    Ok(signature)
 }
 
 fn settings(rules: Rules, send_content_sha256: bool) -> SigningSettings {

@@ -369,6 +369,7 @@ impl Gateway {
         }
         let renewed = SessionToken { token: text.to_owned(), expires_at: identity.expires_at };
         session.set_token(renewed.clone());
+        self.sessions.persist(session);
         tracing::info!(session = %session.id, "session token renewed from its file");
         Ok(renewed)
     }

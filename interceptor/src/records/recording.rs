@@ -197,6 +197,24 @@ impl SessionRecording {
         Ok(Self { path, file: Mutex::new(file), seq: AtomicU64::new(0), body_cap })
     }
 
+    /// Opens an existing recording to go on appending (a session adopted after a restart);
+    /// numbering continues after the exchanges already written.
+    pub fn reopen(records_dir: &Path, session: &str, body_cap: usize) -> Result<Self, RecordingError> {
+        let existing = read(records_dir, session)?;
+        let last = existing
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Exchange(x) => Some(x.seq),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let recording = Self::create(records_dir, session, body_cap)?;
+        recording.seq.store(last, Ordering::Relaxed);
+        Ok(recording)
+    }
+
     /// How much of each body is kept.
     pub fn body_cap(&self) -> usize {
         self.body_cap

@@ -19,7 +19,8 @@
 //     agent-admin  groups ["admins", "agents"]  tokens live 10 minutes
 //     agent-short  groups ["agents"]            tokens live --short-ttl seconds (default 2)
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { generateKeyPair, randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { parseArgs } from 'node:util';
@@ -62,13 +63,15 @@ function options() {
   return { ...values, port: Number.parseInt(values.port, 10), shortTtl };
 }
 
-function signingJwks() {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+async function signingJwks() {
+  // Asynchronous on purpose: Node 20 can deadlock in GC when a key from
+  // generateKeyPairSync is exported to JWK.
+  const { privateKey } = await promisify(generateKeyPair)('rsa', { modulusLength: 2048 });
   const jwk = privateKey.export({ format: 'jwk' });
   return { keys: [{ ...jwk, kid: randomUUID(), alg: 'RS256', use: 'sig' }] };
 }
 
-function providerConfig(shortTtl) {
+function providerConfig(shortTtl, jwks) {
   const ttlOf = (clientId) => CLIENTS[clientId]?.ttl ?? shortTtl;
   return {
     clients: Object.keys(CLIENTS).map((clientId) => ({
@@ -79,7 +82,7 @@ function providerConfig(shortTtl) {
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_basic',
     })),
-    jwks: signingJwks(),
+    jwks,
     cookies: { keys: [randomUUID()] },
     features: {
       clientCredentials: { enabled: true },
@@ -130,7 +133,7 @@ async function main() {
   // The issuer names the bound port, so the provider is built after listen.
   const { port } = server.address();
   const issuer = `https://${opts.host}:${port}`;
-  const provider = new Provider(issuer, providerConfig(opts.shortTtl));
+  const provider = new Provider(issuer, providerConfig(opts.shortTtl, await signingJwks()));
   provider.on('server_error', (_ctx, err) => console.error('oidc server error:', err));
   handler = provider.callback();
 
