@@ -150,6 +150,7 @@ AWS_HOSTS = (
     *(f"{bucket}.s3.{REGION}.amazonaws.com" for bucket in BUCKETS),
     f"secretsmanager.{REGION}.amazonaws.com",
     f"dynamodb.{REGION}.amazonaws.com",
+    f"ssm.{REGION}.amazonaws.com",
 )
 #: An image moto ships in its default AMI list.
 AMI_ID = "ami-12c6146b"

@@ -184,10 +184,6 @@ def test_held_call_of_an_agent_that_went_away_is_withdrawn(
     assert late.returncode != 0, "an abandoned call must not be approvable"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the audit line is written at the end of Gateway::handle "
-    "(interceptor/src/gateway/proxy.rs); when the agent's connection drops during the hold, "
-    "hyper drops that future and the request leaves no audit line"))
 def test_held_call_of_an_agent_that_went_away_is_audited(
         agents: Agents, alice_token_file: Path, policy: PolicyControl, world: World,
         audit: AuditLog):

@@ -50,11 +50,6 @@ def line_of(text: str, needle: str) -> int:
     return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
-#: The xfail of the checks Policy::parse makes after TOML parsing (no span, so no line).
-NO_LINE_YET = pytest.mark.xfail(strict=True, reason=(
-    "product gap: checks made after parsing (interceptor/src/policy/mod.rs Policy::parse) name "
-    "the rule but not the line"))
-
 
 def broken(case: str, old: str, new: str, broken_line: str, reason: str, *marks):
     """A broken edit of the DESIGN example: `old` replaced by `new`; the refusal must name the
@@ -72,9 +67,9 @@ BROKEN = [
            "duration"),
     broken("unknown limit key", 'per = "1h" }', 'per = "1h", burst = 2 }', "burst", "burst"),
     broken("empty actions", 'actions = ["ec2:RunInstances"]', "actions = []", "actions = []",
-           "empty", NO_LINE_YET),
+           "empty"),
     broken("timeout on an allow rule", 'effect = "approve"', 'effect = "allow"',
-           'timeout = "10m"', "timeout", NO_LINE_YET),
+           'timeout = "10m"', "timeout"),
 ]
 
 

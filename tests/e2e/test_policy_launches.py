@@ -121,9 +121,6 @@ def test_spent_limit_survives_a_daemon_restart(
         describe(after_restart)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: Gateway::decide (interceptor/src/gateway/proxy.rs) charges the limit before "
-    "forwarding, whatever the answer: a DryRun (or a launch AWS refuses) uses up the quota"))
 def test_dry_runs_do_not_use_up_the_limit(
         agents: Agents, alice_token_file: Path, policy: PolicyControl):
     rule = unique("small launches")

@@ -108,3 +108,30 @@ def test_masked_dynamodb_item_passes_the_sdk_crc32_check(
     assert masked["crc32"], "moto sends x-amz-crc32: the gateway must send a fixed one"
     session = session_of(audit, mark, "GetItem")
     assert password not in harness.recording_path(world, session).read_text()
+
+
+def test_cli_ssm_secure_string_is_masked_and_a_plain_string_is_not(
+        agents: Agents, alice_token_file: Path, audit: AuditLog, world: World):
+    secret = f"ssm-SECRET-{uuid.uuid4().hex[:8]}"
+    prefix = f"/e2e/records/{uuid.uuid4().hex[:8]}"
+    mark = audit.mark()
+
+    put_secret = agents.aws(alice_token_file, "ssm", "put-parameter", "--name", f"{prefix}/pw",
+                            "--type", "SecureString", "--value", secret)
+    put_plain = agents.aws(alice_token_file, "ssm", "put-parameter", "--name",
+                           f"{prefix}/host", "--type", "String", "--value", "db.internal")
+    one = agents.aws(alice_token_file, "ssm", "get-parameter", "--name", f"{prefix}/pw",
+                     "--with-decryption")
+    by_path = agents.aws(alice_token_file, "ssm", "get-parameters-by-path", "--path", prefix,
+                         "--with-decryption")
+
+    for result in (put_secret, put_plain, one, by_path):
+        assert result.returncode == 0, describe(result)
+    assert json.loads(one.stdout)["Parameter"]["Value"] == harness.MASK_MARKER
+    values = {p["Name"]: p["Value"] for p in json.loads(by_path.stdout)["Parameters"]}
+    assert values == {f"{prefix}/pw": harness.MASK_MARKER, f"{prefix}/host": "db.internal"}
+    sessions = {line["session"] for line in audit.since(mark) if line.get("session")}
+    assert len(sessions) >= 4, sessions  # plus session events of earlier agents
+    for session in sessions:
+        assert secret not in harness.recording_path(world, session).read_text(), session
+    assert secret not in world.audit_log.read_text()

@@ -4,6 +4,8 @@
 //!   `scripts/setup` and `cargo build`).
 //! - `test`: the whole suite, as CI runs it (`scripts/test`).
 //! - `demo`: the main job on the embedded default (`scripts/demo`).
+//! - `bench [--quick] [--runs N] [more]`: the benchmark suite (`scripts/bench`: release build,
+//!   then tests/bench/bench.py in a private network + mount namespace; root).
 
 use std::{path::PathBuf, process::Command};
 
@@ -28,6 +30,18 @@ enum Task {
     Test,
     /// Set up and run the demo.
     Demo,
+    /// Run the benchmark suite (root): gateway against direct, mitmproxy, memory, CPU cost.
+    Bench {
+        /// The CI smoke: each load ~1.5 s, one run, no large transfers, mitmproxy or callgrind.
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions of every scenario (default 5; 1 with --quick).
+        #[arg(long)]
+        runs: Option<u32>,
+        /// More options for tests/bench/bench.py (--seconds, --transfer-gb, --profile, --skip).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::E2e { args } => (root.join("tests/e2e/run"), args),
         Task::Test => (root.join("scripts/test"), Vec::new()),
         Task::Demo => (root.join("scripts/demo"), Vec::new()),
+        Task::Bench { quick, runs, args } => (root.join("scripts/bench"), bench_args(quick, runs, args)),
     };
     let status = Command::new(&program)
         .args(&args)
@@ -49,4 +64,17 @@ fn main() -> anyhow::Result<()> {
         bail!("{} failed: {status}", program.display());
     }
     Ok(())
+}
+
+/// The command line of scripts/bench for `cargo xtask bench`.
+fn bench_args(quick: bool, runs: Option<u32>, rest: Vec<String>) -> Vec<String> {
+    let mut args = Vec::new();
+    if quick {
+        args.push("--quick".to_owned());
+    }
+    if let Some(runs) = runs {
+        args.extend(["--runs".to_owned(), runs.to_string()]);
+    }
+    args.extend(rest);
+    args
 }

@@ -159,7 +159,7 @@ pub fn resign(
     creds: &Credentials,
     now: SystemTime,
 ) -> Result<(), SignError> {
-    sign_with_rules(parts, req, Rules::for_request(req), payload, creds, now).map(drop)
+    sign_with_rules(parts, req, Rules::for_request(req), payload, creds, now)
 }
 
 /// The chunk-signed variant `parts` declares in `x-amz-content-sha256`
@@ -238,12 +238,12 @@ fn sign_with_rules(
     payload: Payload<'_>,
     creds: &Credentials,
     now: SystemTime,
-) -> Result<String, SignError> {
+) -> Result<(), SignError> {
     refuse_unsupported(parts)?;
     let declared = declared_payload_hash(parts)?;
     let body = signable_body(req, rules, payload, declared.as_deref())?;
     let send_content_sha256 = rules.always_content_sha256 || declared.is_some();
-    sign_head(parts, req, rules, body, send_content_sha256, creds, now)
+    sign_head(parts, req, rules, body, send_content_sha256, creds, now).map(drop)
 }
 
 /// Replaces the agent's signing headers with a signature over `body`'s hash; returns the

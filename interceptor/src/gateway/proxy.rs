@@ -22,9 +22,12 @@ use super::{
 use crate::{
     approvals::{HeldCall, Verdict},
     records::audit::{AuditIdentity, AuditRecord, Event},
-    policy::{Call, Effect, Params as _, quota::Charge},
+    policy::{
+        Call, Decision, Effect, Params as _, Rule,
+        quota::{Charge, Limit},
+    },
     records::{
-        audit::now_rfc3339,
+        audit::{AuditLog, now_rfc3339},
         recording::{Entry, Exchange, RecordedBody, RecordedRequest, RecordedResponse, recorded_headers},
     },
     aws::{
@@ -70,7 +73,7 @@ impl Gateway {
     pub async fn handle(&self, conn: &ConnectionInfo, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let mut audit = AuditRecord::new(Event::Request);
+        let mut audit = AuditGuard::new(&self.audit);
         audit.pid = Some(conn.agent.pid);
         audit.method = Some(parts.method.to_string());
         audit.path = Some(parts.uri.path().to_owned());
@@ -80,7 +83,7 @@ impl Gateway {
         let Some(session) = session else {
             let refusal = Refusal::NoSession { cgroup_id: conn.agent.cgroup_id };
             let response = self.refuse(protocol_hint(&parts), &refusal, &mut audit);
-            self.finish_audit(&mut audit, &response, started);
+            audit.finish(&response, started);
             return response;
         };
         audit.session = Some(session.id.clone());
@@ -107,13 +110,15 @@ impl Gateway {
                 self.refuse(exchange.protocol, &refusal, &mut audit)
             }
         };
-        self.finish_audit(&mut audit, &response, started);
+        audit.finish(&response, started);
         exchange.record(session, &audit, response, started)
     }
 
     /// The AWS error for a refusal, noted in the audit record.
     fn refuse(&self, protocol: Protocol, refusal: &Refusal, audit: &mut AuditRecord) -> Response<Body> {
         let (status, code) = refusal.status_and_code();
+        // JSON services name the same error AccessDeniedException.
+        let code = if code == "AccessDenied" && protocol.is_json_rpc() { "AccessDeniedException" } else { code };
         let request_id = gateway_request_id();
         let message = refusal.to_string();
         tracing::warn!(%message, code, "call refused");
@@ -123,12 +128,6 @@ impl Gateway {
         audit.request_id = Some(request_id.clone());
         error_response(protocol, status, code, &message, &request_id)
             .map(|body| Full::new(body).map_err(|never| match never {}).boxed())
-    }
-
-    fn finish_audit(&self, audit: &mut AuditRecord, response: &Response<Body>, started: Instant) {
-        audit.status = Some(response.status().as_u16());
-        audit.duration_ms = Some(millis(started.elapsed()));
-        self.audit.record(audit);
     }
 
     /// Classifies, decides, signs and forwards; the answer's body streams back to the agent.
@@ -166,8 +165,37 @@ impl Gateway {
         audit.resource = aws_request.resource.clone();
         exchange.params = recorded_params(&aws_request, request_secrets.as_ref());
 
-        self.decide(session, &aws_request, audit).await?;
+        let charged = self.decide(session, &aws_request, audit).await?;
+        let forwarded = self.sign_and_send(session, parts, &aws_request, api_body, upstream_body, token).await;
+        // A call AWS refused (or never got) did not use its limit: a dry run, a bad parameter.
+        if let Some(charged) = charged
+            && !forwarded.as_ref().is_ok_and(|(head, _)| head.status.is_success())
+        {
+            self.quotas.refund(&charged.rule, &session.identity.subject, charged.weight);
+        }
+        let (mut head, body) = forwarded?;
+        // Error answers carry no secrets (and may not parse); only successes are masked.
+        let fields = masker.fields_for(aws_request.action.as_deref());
+        let body = match fields {
+            Some(fields) if head.status.is_success() => {
+                self.masked_body(&fields, &mut head.headers, body).await?
+            }
+            _ => body.map_err(BoxError::from).boxed(),
+        };
+        Ok(Response::from_parts(head, body))
+    }
 
+    /// Gets the session's credentials, re-signs and sends the call; the answer's head and its
+    /// still-unread body.
+    async fn sign_and_send(
+        &self,
+        session: &Session,
+        parts: &mut http::request::Parts,
+        aws_request: &AwsRequest,
+        api_body: Option<Bytes>,
+        upstream_body: Body,
+        token: SessionToken,
+    ) -> Result<(http::response::Parts, Incoming), Refusal> {
         let credentials = self
             .broker
             .credentials(&AssumeRequest {
@@ -190,7 +218,7 @@ impl Gateway {
             Some(bytes) => Payload::Bytes(bytes),
             None => Payload::ClientDeclared,
         };
-        resign(parts, &aws_request, payload, &credentials, SystemTime::now())
+        resign(parts, aws_request, payload, &credentials, SystemTime::now())
             .map_err(Refusal::Signing)?;
 
         let host = host_of(&parts.headers, &parts.uri).unwrap_or_default();
@@ -212,15 +240,7 @@ impl Gateway {
         for name in &HOP_BY_HOP {
             head.headers.remove(name);
         }
-        // Error answers carry no secrets (and may not parse); only successes are masked.
-        let fields = masker.fields_for(aws_request.action.as_deref());
-        let body = match fields {
-            Some(fields) if head.status.is_success() => {
-                self.masked_body(&fields, &mut head.headers, body).await?
-            }
-            _ => body.map_err(BoxError::from).boxed(),
-        };
-        Ok(Response::from_parts(head, body))
+        Ok((head, body))
     }
 
     /// Reads a whole answer that has fields to mask, masks them and fixes the integrity
@@ -256,13 +276,14 @@ impl Gateway {
     }
 
     /// Applies the policy: returns once the call may go ahead (allowed, within its limit, or
-    /// approved by a human), else the refusal the agent gets.
+    /// approved by a human), else the refusal the agent gets. A call charged against a limit
+    /// returns its charge, to be refunded if AWS does not carry the call out.
     async fn decide(
         &self,
         session: &Session,
         request: &AwsRequest,
         audit: &mut AuditRecord,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Charged>, Refusal> {
         let policy = self.policy.current();
         let decision = policy.evaluate(&Call {
             subject: &session.identity.subject,
@@ -274,64 +295,74 @@ impl Gateway {
         audit.rule = decision.rule.clone();
         audit.decision = Some(decision.effect.as_str().to_owned());
         let rule = decision.rule_index.map(|index| &policy.rules[index]);
+        let limited = rule.and_then(|rule| {
+            let limit = rule.limit.as_ref()?;
+            Some((rule, limit, limit.weight(&request.values(&limit.count))))
+        });
+        let subject = &session.identity.subject;
 
         match decision.effect {
             Effect::Deny => return Err(Refusal::Denied { reason: decision.reason }),
             Effect::Allow => {}
             Effect::Approve => {
-                let rule_name = decision.rule.clone().unwrap_or_else(|| "default".to_owned());
-                let timeout = decision.timeout.unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
-                let held = HeldCall {
-                    id: String::new(),
-                    session: session.id.clone(),
-                    subject: session.identity.subject.clone(),
-                    groups: session.identity.groups.clone(),
-                    action: request.action.clone().unwrap_or_else(|| "(unclassified)".into()),
-                    rule: decision.rule.clone(),
-                    params: key_params(request),
-                    held_since: 0,
-                    expires_in: timeout.as_secs(),
-                };
-                let hold = self.approvals.hold(held, timeout);
-                tracing::info!(id = hold.id(), session = %session.id, action = ?request.action,
-                    "call held for approval");
-                audit.approval = Some(hold.id().to_owned());
-                match hold.wait().await {
-                    Some(Verdict::Approved { by }) => {
-                        audit.decision = Some("approved".to_owned());
-                        audit.approved_by = Some(by);
-                    }
-                    Some(Verdict::Denied { by, reason }) => {
-                        audit.approved_by = Some(by.clone());
-                        return Err(Refusal::ApprovalDenied { rule: rule_name, by, reason });
-                    }
-                    None => {
-                        return Err(Refusal::ApprovalTimedOut {
-                            rule: rule_name,
-                            after: humantime::format_duration(timeout).to_string(),
-                        });
-                    }
+                // No human is asked to approve what its limit would refuse anyway.
+                if let Some((rule, limit, weight)) = limited
+                    && let Some(exceeded) = self.quotas.would_exceed(&rule.name, subject, limit, weight)
+                {
+                    return Err(limit_refusal(rule, limit, exceeded));
                 }
+                self.hold_for_approval(session, request, &decision, audit).await?;
             }
         }
 
         // Limits are charged only once the call goes ahead (after any approval).
-        if let (Some(rule), Some(limit)) = (rule, rule.and_then(|r| r.limit.as_ref())) {
-            let weight = limit.weight(&request.values(&limit.count));
-            if let Charge::Exceeded { used, wanted } =
-                self.quotas.charge(&rule.name, &session.identity.subject, limit, weight)
-            {
-                return Err(Refusal::LimitExceeded {
-                    rule: rule.name.clone(),
-                    count: limit.count.clone(),
-                    used,
-                    wanted,
-                    max: limit.max,
-                    per: humantime::format_duration(limit.per).to_string(),
-                });
-            }
+        let Some((rule, limit, weight)) = limited else { return Ok(None) };
+        match self.quotas.charge(&rule.name, subject, limit, weight) {
+            Charge::Charged { .. } => Ok(Some(Charged { rule: rule.name.clone(), weight })),
+            exceeded @ Charge::Exceeded { .. } => Err(limit_refusal(rule, limit, exceeded)),
         }
-        Ok(())
+    }
+
+    /// Parks the call until a human answers or the rule's timeout passes.
+    async fn hold_for_approval(
+        &self,
+        session: &Session,
+        request: &AwsRequest,
+        decision: &Decision,
+        audit: &mut AuditRecord,
+    ) -> Result<(), Refusal> {
+        let rule_name = decision.rule.clone().unwrap_or_else(|| "default".to_owned());
+        let timeout = decision.timeout.unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
+        let held = HeldCall {
+            id: String::new(),
+            session: session.id.clone(),
+            subject: session.identity.subject.clone(),
+            groups: session.identity.groups.clone(),
+            action: request.action.clone().unwrap_or_else(|| "(unclassified)".into()),
+            rule: decision.rule.clone(),
+            params: key_params(request),
+            held_since: 0,
+            expires_in: timeout.as_secs(),
+        };
+        let hold = self.approvals.hold(held, timeout);
+        tracing::info!(id = hold.id(), session = %session.id, action = ?request.action,
+            "call held for approval");
+        audit.approval = Some(hold.id().to_owned());
+        match hold.wait().await {
+            Some(Verdict::Approved { by }) => {
+                audit.decision = Some("approved".to_owned());
+                audit.approved_by = Some(by);
+                Ok(())
+            }
+            Some(Verdict::Denied { by, reason }) => {
+                audit.approved_by = Some(by.clone());
+                Err(Refusal::ApprovalDenied { rule: rule_name, by, reason })
+            }
+            None => Err(Refusal::ApprovalTimedOut {
+                rule: rule_name,
+                after: humantime::format_duration(timeout).to_string(),
+            }),
+        }
     }
 
     async fn read_api_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
@@ -501,6 +532,79 @@ impl ExchangeNotes {
         });
         let body = CaptureBody::new(body, cap, response_body, Some(on_end)).boxed();
         Response::from_parts(head, body)
+    }
+}
+
+/// The audit record of one request, written exactly once: when the answer is ready, or, if the
+/// request is abandoned first (the agent disconnected while its call was held, say), when it is
+/// dropped, so every decision reaches the audit log.
+struct AuditGuard<'a> {
+    log: &'a AuditLog,
+    record: AuditRecord,
+    written: bool,
+}
+
+impl<'a> AuditGuard<'a> {
+    fn new(log: &'a AuditLog) -> Self {
+        Self { log, record: AuditRecord::new(Event::Request), written: false }
+    }
+
+    fn finish(&mut self, response: &Response<Body>, started: Instant) {
+        self.record.status = Some(response.status().as_u16());
+        self.record.duration_ms = Some(millis(started.elapsed()));
+        self.log.record(&self.record);
+        self.written = true;
+    }
+}
+
+impl std::ops::Deref for AuditGuard<'_> {
+    type Target = AuditRecord;
+    fn deref(&self) -> &AuditRecord {
+        &self.record
+    }
+}
+
+impl std::ops::DerefMut for AuditGuard<'_> {
+    fn deref_mut(&mut self) -> &mut AuditRecord {
+        &mut self.record
+    }
+}
+
+impl Drop for AuditGuard<'_> {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let held = self.record.approval.is_some();
+        self.record.reason = Some(if held {
+            "the agent disconnected while the call was held for approval".to_owned()
+        } else {
+            "the agent disconnected before the call was answered".to_owned()
+        });
+        self.record.decision = Some("abandoned".to_owned());
+        self.record.forwarded = Some(false);
+        self.log.record(&self.record);
+    }
+}
+
+/// A limit charge made for a call, refunded if AWS does not carry the call out.
+struct Charged {
+    rule: String,
+    weight: u64,
+}
+
+fn limit_refusal(rule: &Rule, limit: &Limit, exceeded: Charge) -> Refusal {
+    let (used, wanted) = match exceeded {
+        Charge::Exceeded { used, wanted } => (used, wanted),
+        Charge::Charged { used } => (used, 0),
+    };
+    Refusal::LimitExceeded {
+        rule: rule.name.clone(),
+        count: limit.count.clone(),
+        used,
+        wanted,
+        max: limit.max,
+        per: humantime::format_duration(limit.per).to_string(),
     }
 }
 

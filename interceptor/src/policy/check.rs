@@ -85,7 +85,8 @@ pub fn run(policy_path: &Path, request: Option<&Path>) -> anyhow::Result<()> {
     println!("reason:   {}", decision.reason);
     if let Some(limit) = decision.rule_index.and_then(|i| policy.rules[i].limit.as_ref()) {
         let weight = limit.weight(&params.values(&limit.count));
-        println!("limit:    uses {weight} of {} {} per {:?}", limit.max, limit.count, limit.per);
+        let per = humantime::format_duration(limit.per);
+        println!("limit:    uses {weight} of {} {} per {per}", limit.max, limit.count);
     }
     Ok(())
 }

@@ -53,6 +53,25 @@ impl Condition {
         })
     }
 
+    /// The condition as a policy author wrote it: `<= 2`, `one of [t3.micro, t3.small]`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Compare(op, bound) => {
+                let symbol = match op {
+                    Comparison::Less => "<",
+                    Comparison::LessOrEqual => "<=",
+                    Comparison::Greater => ">",
+                    Comparison::GreaterOrEqual => ">=",
+                    Comparison::Equal => "==",
+                    Comparison::NotEqual => "!=",
+                };
+                format!("{symbol} {bound}")
+            }
+            Self::OneOf(allowed) => format!("one of [{}]", allowed.join(", ")),
+            Self::Glob(pattern) => format!("to match {pattern:?}"),
+        }
+    }
+
     /// Parses the string form: an operator and a number, else a glob.
     fn from_text(text: &str) -> Result<Self, String> {
         const OPERATORS: [(&str, Comparison); 6] = [

@@ -187,18 +187,25 @@ impl Policy {
         let invalid = |message: String| PolicyError::Invalid { path: origin.to_owned(), message };
         let policy: Policy = toml::from_str(text).map_err(|err| invalid(describe(&err, text)))?;
         let mut problems = Vec::new();
+        let rule_lines = table_lines(text, "[[rule]]");
         for (index, rule) in policy.rules.iter().enumerate() {
+            // Name the line of the offending key, else the rule's [[rule]] line.
+            let at = |key: &str| {
+                let header = rule_lines.get(index).copied();
+                match header.map(|header| key_line(text, header, key).unwrap_or(header)) {
+                    Some(line) => format!("line {line}: rule {:?}", rule.name),
+                    None => format!("rule {:?}", rule.name),
+                }
+            };
             if rule.actions.is_empty() {
-                problems.push(format!("rule {:?} (#{}): actions is empty", rule.name, index + 1));
+                problems.push(format!("{}: actions is empty", at("actions")));
             }
             if rule.timeout.is_some() && rule.effect != Effect::Approve {
-                problems.push(format!(
-                    "rule {:?}: timeout only applies to effect = \"approve\"",
-                    rule.name
-                ));
+                let at = at("timeout");
+                problems.push(format!("{at}: timeout only applies to effect = \"approve\""));
             }
             if rule.limit.is_some() && rule.effect == Effect::Deny {
-                problems.push(format!("rule {:?}: a deny rule cannot have a limit", rule.name));
+                problems.push(format!("{}: a deny rule cannot have a limit", at("limit")));
             }
         }
         if !problems.is_empty() {
@@ -237,9 +244,10 @@ impl Policy {
                 rule: None,
                 reason: match self.default {
                     Effect::Deny => format!(
-                        "no policy rule allows {} for {}; the default is deny",
+                        "no policy rule allows {} for {}; the default is deny{}",
                         call.action.unwrap_or("this unclassified call"),
-                        call.subject
+                        call.subject,
+                        self.near_misses(call)
                     ),
                     _ => format!("no rule matched; the default is {}", self.default.as_str()),
                 },
@@ -250,18 +258,53 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Why the rules that name this identity and action did not match: their first failing
+    /// condition, so a denied agent's user sees what to change ("MaxCount is 50, rule ...
+    /// needs <= 2").
+    fn near_misses(&self, call: &Call<'_>) -> String {
+        let misses: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|rule| rule.effect != Effect::Deny && rule.selects(call))
+            .filter_map(|rule| {
+                let (name, condition, values) = rule.failing_condition(call)?;
+                let got = if values.is_empty() { "absent".to_owned() } else { values.join(",") };
+                Some(format!(
+                    "rule {:?} needs {name} {} ({name} is {got})",
+                    rule.name,
+                    condition.describe()
+                ))
+            })
+            .collect();
+        if misses.is_empty() {
+            return String::new();
+        }
+        format!("; {}", misses.join("; "))
+    }
+}
+
 impl Rule {
     fn matches(&self, call: &Call<'_>) -> bool {
+        self.selects(call) && self.failing_condition(call).is_none()
+    }
+
+    /// Identity and action match; the `when` conditions are not looked at.
+    fn selects(&self, call: &Call<'_>) -> bool {
         self.applies_to(call.subject, call.groups)
             && self.actions.iter().any(|pattern| pattern.matches(call.action))
-            && self.when.iter().all(|(name, condition)| {
-                let values = if name == "region" {
-                    vec![call.region.to_owned()]
-                } else {
-                    call.params.values(name)
-                };
-                condition.holds(&values)
-            })
+    }
+
+    /// The first `when` condition the call fails, with the values it was tested on.
+    fn failing_condition(&self, call: &Call<'_>) -> Option<(&str, &Condition, Vec<String>)> {
+        self.when.iter().find_map(|(name, condition)| {
+            let values = if name == "region" {
+                vec![call.region.to_owned()]
+            } else {
+                call.params.values(name)
+            };
+            (!condition.holds(&values)).then_some((name.as_str(), condition, values))
+        })
     }
 
     fn applies_to(&self, subject: &str, groups: &[String]) -> bool {
@@ -270,6 +313,29 @@ impl Rule {
         }
         self.subjects.iter().any(|s| s == subject) || self.groups.iter().any(|g| groups.contains(g))
     }
+}
+
+/// The 1-based line of each `header` table (`[[rule]]`), in order.
+fn table_lines(text: &str, header: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim() == header)
+        .map(|(index, _)| index + 1)
+        .collect()
+}
+
+/// The 1-based line where `key = ...` is set in the table that starts at line `header`.
+fn key_line(text: &str, header: usize, key: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(header)
+        .take_while(|(_, line)| !line.trim_start().starts_with('['))
+        .find(|(_, line)| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(index, _)| index + 1)
 }
 
 /// A TOML error as one line: "line N: reason".

@@ -103,11 +103,29 @@ impl Quotas {
         Ok(Self { file: Some(path.to_owned()), usage: Mutex::new(usage) })
     }
 
+    /// The refusal a charge of `weight` would meet now, without charging anything.
+    pub fn would_exceed(&self, rule: &str, subject: &str, limit: &Limit, weight: u64) -> Option<Charge> {
+        let since = now_secs().saturating_sub(limit.per.as_secs());
+        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let used = usage.get(&key(rule, subject)).map_or(0, |u| u.used_since(since));
+        (used + weight > limit.max).then_some(Charge::Exceeded { used, wanted: weight })
+    }
+
+    /// Takes back the most recent charge of `weight` (a call AWS did not carry out).
+    pub fn refund(&self, rule: &str, subject: &str, weight: u64) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = usage.get_mut(&key(rule, subject)) else { return };
+        if let Some(index) = entry.charges.iter().rposition(|(_, amount)| *amount == weight) {
+            entry.charges.remove(index);
+            self.save(&usage);
+        }
+    }
+
     /// Charges `weight` against `limit` for this rule and subject, unless it would exceed it.
     pub fn charge(&self, rule: &str, subject: &str, limit: &Limit, weight: u64) -> Charge {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = now_secs();
         let since = now.saturating_sub(limit.per.as_secs());
-        let key = format!("{rule}\0{subject}");
+        let key = key(rule, subject);
         // A poisoned lock means a panic mid-update of plain numbers; they remain usable.
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         let entry = usage.entry(key).or_default();
@@ -117,18 +135,29 @@ impl Quotas {
             return Charge::Exceeded { used, wanted: weight };
         }
         entry.charges.push((now, weight));
-        // Written under the lock, so the file never goes back to an older count. Only calls
-        // under a limited rule get here, and the file is small.
-        if let Some(path) = &self.file {
-            let saved = serde_json::to_vec(&*usage)
-                .map_err(std::io::Error::other)
-                .and_then(|bytes| write_atomically(path, &bytes));
-            if let Err(err) = saved {
-                tracing::error!(path = %path.display(), error = %err, "quota usage not saved");
-            }
-        }
+        self.save(&usage);
         Charge::Charged { used: used + weight }
     }
+
+    /// Writes the usage file. Called under the lock, so the file never goes back to an older
+    /// count; only calls under a limited rule get here, and the file is small.
+    fn save(&self, usage: &HashMap<String, Usage>) {
+        let Some(path) = &self.file else { return };
+        let saved = serde_json::to_vec(usage)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomically(path, &bytes));
+        if let Err(err) = saved {
+            tracing::error!(path = %path.display(), error = %err, "quota usage not saved");
+        }
+    }
+}
+
+fn key(rule: &str, subject: &str) -> String {
+    format!("{rule}\0{subject}")
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -163,6 +192,17 @@ mod tests {
         Quotas::load(&path).unwrap().charge("r", "alice", &l, 3);
         let reloaded = Quotas::load(&path).unwrap();
         assert_eq!(reloaded.charge("r", "alice", &l, 2), Charge::Exceeded { used: 3, wanted: 2 });
+    }
+
+    #[test]
+    fn a_refund_frees_the_charge_and_a_check_charges_nothing() {
+        let quotas = Quotas::in_memory();
+        let l = limit(4);
+        quotas.charge("r", "alice", &l, 4);
+        assert_eq!(quotas.would_exceed("r", "alice", &l, 1), Some(Charge::Exceeded { used: 4, wanted: 1 }));
+        quotas.refund("r", "alice", 4);
+        assert_eq!(quotas.would_exceed("r", "alice", &l, 4), None);
+        assert_eq!(quotas.charge("r", "alice", &l, 4), Charge::Charged { used: 4 });
     }
 
     #[test]

@@ -127,3 +127,18 @@ fn broken_files_name_the_line_and_reason() {
         .to_string();
     assert!(err.contains("limt"), "{err}");
 }
+
+#[test]
+fn a_default_denial_says_which_condition_missed() {
+    let policy = Policy::parse(EXAMPLE, "example").unwrap();
+    let big = [("MaxCount", "50"), ("InstanceType", "t3.micro")];
+    let d = decide(&policy, "a", &[], Some("ec2:RunInstances"), &big);
+    assert!(d.reason.contains("rule \"small launches\" needs MaxCount <= 2 (MaxCount is 50)"), "{}", d.reason);
+}
+
+#[test]
+fn checks_after_parsing_name_the_rule_line() {
+    let text = "default = \"deny\"\n\n[[rule]]\nname = \"ok\"\nactions = [\"ec2:*\"]\neffect = \"allow\"\n\n[[rule]]\nname = \"bad\"\nactions = [\"ec2:*\"]\neffect = \"allow\"\ntimeout = \"1m\"\n";
+    let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
+    assert!(err.contains("line 12: rule \"bad\""), "{err}");
+}
