@@ -363,7 +363,8 @@ class Results:
 def wrk(env: Env, *, agent: bool, connections: int, seconds: float, url: str = EC2_URL,
         host: str = EC2_HOST, threads: int | None = None) -> dict[str, Any]:
     threads = threads or min(connections, os.cpu_count() or 1)
-    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+    # wrk takes whole seconds only.
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
             "--timeout", "10s", "-s", str(BENCH / "sigv4.lua"), url]
     result = env.run(argv, agent=agent, env={"BENCH_HOST": host},
                      timeout=seconds + 120)
@@ -777,9 +778,9 @@ def write_benchmarks_md(block: str) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="interceptor benchmarks (issue 6)")
     parser.add_argument("--quick", action="store_true",
-                        help="CI smoke: ~1.5 s per load, 1 run, no transfers, mitmproxy, callgrind")
+                        help="CI smoke: 1 s per load, 1 run, no transfers, mitmproxy, callgrind")
     parser.add_argument("--runs", type=int, help="repetitions (default 5, quick 1)")
-    parser.add_argument("--seconds", type=float, help="seconds per load (default 5, quick 1.5)")
+    parser.add_argument("--seconds", type=float, help="seconds per load (default 5, quick 1)")
     parser.add_argument("--transfer-gb", type=float, default=3.0, help="size of each transfer")
     parser.add_argument("--out", type=Path, default=REPO / "bench-out")
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
@@ -789,7 +790,7 @@ def parse_args() -> argparse.Namespace:
                         "keepalive,newconn,throughput,mitmproxy,transfers,many,connect,callgrind")
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 5)
-    args.seconds = args.seconds or (1.5 if args.quick else 5.0)
+    args.seconds = args.seconds or (1.0 if args.quick else 5.0)
     args.skip = set(filter(None, args.skip.split(",")))
     if args.quick:
         args.skip |= {"mitmproxy", "transfers", "callgrind"}

@@ -32,7 +32,7 @@ enum Task {
     Demo,
     /// Run the benchmark suite (root): gateway against direct, mitmproxy, memory, CPU cost.
     Bench {
-        /// The CI smoke: each load ~1.5 s, one run, no large transfers, mitmproxy or callgrind.
+        /// The CI smoke: each load 1 s, one run, no large transfers, mitmproxy or callgrind.
         #[arg(long)]
         quick: bool,
         /// Repetitions of every scenario (default 5; 1 with --quick).
