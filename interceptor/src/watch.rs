@@ -87,7 +87,7 @@ pub fn format_record(record: &AuditRecord, colour: bool) -> String {
     let status = record.status.map_or("-".to_owned(), |s| s.to_string());
     let mut line = format!("{time} {session:<16} {who:<20} {action:<36} {painted} {status}");
     if let Some(reason) = &record.reason {
-        line.push_str(" ");
+        line.push(' ');
         line.push_str(reason);
     }
     line

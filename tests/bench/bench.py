@@ -153,6 +153,7 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit + ("+uncommitted" if dirty else ""),
+        "binary": os.path.relpath(harness.BINARY, REPO),
     }
 
 
@@ -457,8 +458,10 @@ def scenario_mitmproxy(env: Env, results: Results, seconds: float) -> None:
         results.add("mitmproxy throughput-64", data["rps"], "req/s")
         results.add("mitmproxy p50 (64 conns)", percentile(data["percentiles"], 50), "us")
         results.add("mitmproxy RSS peak", rss.peak_mib, "MiB")
-        gateway = results.figures["throughput-64 gateway"][-1]
-        results.add("gateway / mitmproxy throughput", gateway / max(data["rps"], 1e-9), "x")
+        gateway = results.figures.get("throughput-64 gateway")
+        if gateway:
+            results.add("gateway / mitmproxy throughput", gateway[-1] / max(data["rps"], 1e-9),
+                        "x")
     finally:
         process.stop()
 
@@ -534,21 +537,28 @@ def connect_cost_binary(env: Env) -> Path:
 
 def scenario_connect(env: Env, results: Results, batches: int, calls: int) -> None:
     """connect() of a socket that is not redirected (127.0.0.1, not port 443), inside the agent
-    cgroup against outside: the cost of the cgroup/connect4 and sock_ops programs."""
+    cgroup against outside: the cost of the cgroup/connect4 and sock_ops programs.
+
+    Outside and inside alternate three times, and the fastest batch of each counts: on a shared
+    machine a batch is only ever slowed down by others, never sped up, so the minimum is the
+    figure that repeats; the median batch is reported as well."""
     binary = connect_cost_binary(env)
-    medians: dict[str, dict[str, float]] = {}
-    for path, agent in (("outside", False), ("inside", True)):
-        result = env.run([str(binary), str(batches), str(calls)], agent=agent, timeout=300)
-        if result.returncode != 0:
-            raise BenchError(f"connect_cost {path} exited {result.returncode}: {result.stderr}")
-        data = bench_json(result.stdout, f"connect_cost {path}")
-        # The median batch: the loops are short, so one preempted batch must not decide.
-        medians[path] = {mode: statistics.median(values) for mode, values in data.items()}
+    batches_of: dict[str, dict[str, list[float]]] = {"outside": {}, "inside": {}}
+    for _ in range(3):
+        for path, agent in (("outside", False), ("inside", True)):
+            result = env.run([str(binary), str(batches), str(calls)], agent=agent, timeout=300)
+            if result.returncode != 0:
+                raise BenchError(f"connect_cost {path} exited {result.returncode}: "
+                                 f"{result.stderr}")
+            for mode, values in bench_json(result.stdout, f"connect_cost {path}").items():
+                batches_of[path].setdefault(mode, []).extend(values)
     for mode in ("refused", "established"):
-        results.add(f"connect() {mode} outside", medians["outside"][mode], "ns")
-        results.add(f"connect() {mode} inside", medians["inside"][mode], "ns")
-        results.add(f"connect() {mode} extra", medians["inside"][mode] - medians["outside"][mode],
-                    "ns")
+        outside, inside = batches_of["outside"][mode], batches_of["inside"][mode]
+        results.add(f"connect() {mode} outside (fastest batch)", min(outside), "ns")
+        results.add(f"connect() {mode} inside (fastest batch)", min(inside), "ns")
+        results.add(f"connect() {mode} extra", min(inside) - min(outside), "ns")
+        results.add(f"connect() {mode} extra (median batches)",
+                    statistics.median(inside) - statistics.median(outside), "ns")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,7 +756,8 @@ def results_markdown(results: Results, info: dict[str, str], args: argparse.Name
                      plot_paths: list[Path]) -> str:
     lines = [RESULTS_START, "",
              f"Machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}. "
-             f"Date: {info['date']}. Commit: {info['commit']}. Runs: {args.runs} "
+             f"Date: {info['date']}. Commit: {info['commit']}. Daemon: {info['binary']}. "
+             f"Runs: {args.runs} "
              f"({'quick' if args.quick else 'full'}; {args.seconds:g} s per load).", "",
              table(results), ""]
     if results.notes:
@@ -825,9 +836,10 @@ def main() -> int:
                 ("throughput", lambda: scenario_throughput(env, results, s)),
                 ("mitmproxy", lambda: scenario_mitmproxy(env, results, s)),
                 ("transfers", lambda: scenario_transfers(env, results, transfer_bytes)),
-                ("many", lambda: scenario_many(env, results, s)),
-                ("connect", lambda: scenario_connect(env, results, 9 if args.quick else 21,
-                                                     2000 if args.quick else 10000)),
+                # 1,000 TLS handshakes alone take about a second here: give them time.
+                ("many", lambda: scenario_many(env, results, max(s, 4.0))),
+                ("connect", lambda: scenario_connect(env, results, 5 if args.quick else 15,
+                                                     2000 if args.quick else 5000)),
             ]
             for name, step in steps:
                 if name in args.skip:

@@ -335,3 +335,64 @@ def test_audit_lines_carry_the_request_id_aws_returned(
     # The assumed-role ARN (what CloudTrail shows) names the person and the session.
     _, claims = harness.jwt_parts(alice_token)
     assert out["arn"].endswith(f"/{claims['sub']}@{session}"), out["arn"]
+
+
+#: A boto3 agent that keeps its connection to the gateway: one call, then, on a line from stdin,
+#: a second call on the same pooled connection; prints "ok" or the error code and status.
+KEEPALIVE_AGENT = """
+import json, os, sys
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+sts = boto3.client("sts", config=Config(retries={"total_max_attempts": 1}))
+sts.get_caller_identity()
+print(json.dumps({"pid": os.getpid()}), flush=True)
+sys.stdin.readline()
+try:
+    sts.get_caller_identity()
+    print(json.dumps({"outcome": "ok"}), flush=True)
+except ClientError as error:
+    print(json.dumps({"outcome": error.response["Error"]["Code"],
+                      "status": error.response["ResponseMetadata"]["HTTPStatusCode"],
+                      "message": error.response["Error"]["Message"]}), flush=True)
+"""
+
+
+def test_after_a_kill_a_call_on_a_connection_the_session_opened_is_refused(
+        agents: Agents, alice_token_file: Path, world: World, audit: AuditLog):
+    # The only way a process of the session outlives cgroup.kill: root moves it out first (to
+    # the root cgroup). Its keep-alive connection still belongs to the session, so the gateway
+    # must refuse the call it makes after the kill. `sh` keeps the session alive until then.
+    agent = agents.spawn(alice_token_file, [
+        "sh", "-c", f'{harness.PYTHON} -c "$0"; exec sleep 600', KEEPALIVE_AGENT])
+    pid = 0
+    try:
+        pid = json.loads(harness.read_line(agent.stdout, 60.0, "the keep-alive agent"))["pid"]
+        session = harness.wait_for_session(world.config, lambda s: pid in s["pids"])["id"]
+        (harness.cgroup2_mount() / "cgroup.procs").write_text(str(pid))
+        killed = harness.admin(harness.sessions_argv(world.config, "kill", session))
+        assert killed.returncode == 0, describe(killed)
+        agent.wait(5.0)
+        mark = audit.mark()
+        agent.stdin.write("go\n")
+        agent.stdin.flush()
+        after = json.loads(harness.read_line(agent.stdout, 60.0, "the call after the kill"))
+    finally:
+        agent.kill()
+        agent.wait(10)
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+    assert after["outcome"] == "AccessDenied" and after["status"] == 403, after
+    refusals = audit.wait_for(mark, lambda line: line.get("pid") == pid, "the refused call")
+    assert all(line.get("decision") != "allow" and line.get("forwarded") is False
+               for line in refusals), refusals
+
+
+def alive(pid: int) -> bool:
+    """True while /proc/<pid> exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

@@ -201,7 +201,7 @@ fn is_admin(daemon: &Daemon, peer: Peer) -> bool {
     let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) else {
         return false;
     };
-    group.mem.iter().any(|member| *member == user.name)
+    group.mem.contains(&user.name)
 }
 
 async fn open_session(

@@ -33,7 +33,8 @@ use crate::{
     aws::{
         error::error_response,
         request::{AwsRequest, Protocol, classify, protocol_hint},
-        sigv4::{Payload, resign},
+        chunked::ResignedBody,
+        sigv4::{Payload, chunk_signed, resign, resign_chunked},
     },
     identity::sts::AssumeRequest,
     session::{Session, SessionToken},
@@ -218,8 +219,17 @@ impl Gateway {
             Some(bytes) => Payload::Bytes(bytes),
             None => Payload::ClientDeclared,
         };
-        resign(parts, aws_request, payload, &credentials, SystemTime::now())
-            .map_err(Refusal::Signing)?;
+        // A chunk-signed body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]) is re-framed with
+        // chunk signatures chained from the new seed signature, as it streams.
+        let upstream_body = if chunk_signed(parts).is_some() {
+            let signer = resign_chunked(parts, aws_request, &credentials, SystemTime::now())
+                .map_err(Refusal::Signing)?;
+            ResignedBody::new(upstream_body, signer).boxed()
+        } else {
+            resign(parts, aws_request, payload, &credentials, SystemTime::now())
+                .map_err(Refusal::Signing)?;
+            upstream_body
+        };
 
         let host = host_of(&parts.headers, &parts.uri).unwrap_or_default();
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
