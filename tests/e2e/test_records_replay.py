@@ -94,3 +94,50 @@ def kill_leftovers(cgroup: Path) -> None:
     kill = cgroup / "cgroup.kill"
     if kill.exists():
         kill.write_text("1")
+
+
+#: A boto3 agent that makes one STS call per line on stdin and prints "ok" after each.
+STEPPING_AGENT = """
+import os, sys
+import boto3
+sts = boto3.client("sts")
+print(os.environ["INTERCEPTOR_SESSION"], flush=True)
+for _ in sys.stdin:
+    sts.get_caller_identity()
+    print("ok", flush=True)
+"""
+
+
+def step(agent) -> None:
+    agent.stdin.write("go\n")
+    agent.stdin.flush()
+    assert harness.read_line(agent.stdout, 60.0, "the agent's call") == "ok"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: SessionRecording::reopen (interceptor/src/records/recording.rs) appends after a "
+    "torn last line without ending it, so the first exchange after adoption is glued to the "
+    "fragment and lost by replay"))
+def test_recording_goes_on_after_a_torn_last_line_when_the_session_is_adopted(
+        daemon: Daemon, agents: Agents, alice_token_file: Path, world: World):
+    agent = agents.spawn(alice_token_file, [str(harness.PYTHON), "-c", STEPPING_AGENT])
+    try:
+        session = harness.read_line(agent.stdout, 30.0, "the agent's session id")
+        step(agent)
+        daemon.stop()
+        # What a write cut short leaves: Linux stops a write(2) to a file between pages when
+        # SIGKILL arrives, so a long exchange line can be torn by `kill -9` too.
+        with harness.recording_path(world, session).open("ab") as recording:
+            recording.write(b'{"kind":"exchange","seq":2,"time":"2026-')
+        daemon.start()
+        harness.wait_for_session(world.config, lambda s: s["id"] == session)
+        step(agent)
+        step(agent)
+        as_json = harness.admin(harness.replay_argv(world.config, session, json=True))
+    finally:
+        agent.kill()
+        agent.wait(10)
+
+    assert as_json.returncode == 0, describe(as_json)
+    exchanges = [e for e in json.loads(as_json.stdout) if e["kind"] == "exchange"]
+    assert [x["seq"] for x in exchanges] == [1, 2, 3], exchanges

@@ -194,9 +194,16 @@ pub fn parse_chunk_header(line: &[u8]) -> Result<ChunkHeader<'_>, ChunkedError> 
         .iter()
         .fold(0u64, |n, &d| (n << 4) | u64::from(hex_value(d)));
     if size > MAX_CHUNK_BYTES {
-        return Err(ChunkedError::ChunkTooLarge { size, limit: MAX_CHUNK_BYTES });
+        return Err(ChunkedError::ChunkTooLarge {
+            size,
+            limit: MAX_CHUNK_BYTES,
+        });
     }
-    Ok(ChunkHeader { size, size_text, signature })
+    Ok(ChunkHeader {
+        size,
+        size_text,
+        signature,
+    })
 }
 
 /// The gateway's signature chain for one upload: the session's signing key for the request's
@@ -269,10 +276,8 @@ impl ChunkSigner {
             "{algorithm}\n{}\n{}\n{}\n{hashes}",
             self.date_time, self.scope, self.previous
         );
-        self.previous = aws_sigv4::sign::v4::calculate_signature(
-            &self.signing_key,
-            string_to_sign.as_bytes(),
-        );
+        self.previous =
+            aws_sigv4::sign::v4::calculate_signature(&self.signing_key, string_to_sign.as_bytes());
         &self.previous
     }
 }
@@ -283,9 +288,17 @@ enum State {
     /// Reading a chunk header line.
     Header,
     /// Reading a chunk's data.
-    Data { size_text: Vec<u8>, size: u64, remaining: u64 },
+    Data {
+        size_text: Vec<u8>,
+        size: u64,
+        remaining: u64,
+    },
     /// Reading the CRLF after a chunk's data; `seen` bytes of it read.
-    DataEnd { size_text: Vec<u8>, size: u64, seen: usize },
+    DataEnd {
+        size_text: Vec<u8>,
+        size: u64,
+        seen: usize,
+    },
     /// After the final chunk: trailer lines up to an empty line.
     Trailers,
     /// The framing ended.
@@ -351,7 +364,10 @@ impl ChunkResigner {
             State::Data { .. } | State::DataEnd { .. } => "inside a chunk",
             State::Trailers => "before the end of the trailers",
         };
-        Err(ChunkedError::Truncated { at, received: self.received })
+        Err(ChunkedError::Truncated {
+            at,
+            received: self.received,
+        })
     }
 
     /// Whether the whole framing (final chunk and trailers) has been read.
@@ -371,13 +387,22 @@ impl ChunkResigner {
             self.state = State::Trailers;
         } else {
             self.hasher = Sha256::new();
-            self.state = State::Data { size_text, size: header.size, remaining: header.size };
+            self.state = State::Data {
+                size_text,
+                size: header.size,
+                remaining: header.size,
+            };
         }
         Ok(())
     }
 
     fn read_data(&mut self, input: &mut Bytes) {
-        let State::Data { size_text, size, remaining } = &mut self.state else {
+        let State::Data {
+            size_text,
+            size,
+            remaining,
+        } = &mut self.state
+        else {
             return;
         };
         // `take` is at most `input.len()`, which is a usize.
@@ -388,7 +413,11 @@ impl ChunkResigner {
         *remaining -= take as u64;
         if *remaining == 0 {
             let (size_text, size) = (std::mem::take(size_text), *size);
-            self.state = State::DataEnd { size_text, size, seen: 0 };
+            self.state = State::DataEnd {
+                size_text,
+                size,
+                seen: 0,
+            };
         }
     }
 
@@ -397,7 +426,12 @@ impl ChunkResigner {
         input: &mut Bytes,
         out: &mut Vec<Bytes>,
     ) -> Result<(), ChunkedError> {
-        let State::DataEnd { size_text, size, seen } = &mut self.state else {
+        let State::DataEnd {
+            size_text,
+            size,
+            seen,
+        } = &mut self.state
+        else {
             return Ok(());
         };
         while *seen < 2 && !input.is_empty() {
@@ -445,10 +479,14 @@ impl ChunkResigner {
             return Err(bad());
         }
         if self.signer.variant() == Variant::Payload {
-            return Err(ChunkedError::UnexpectedTrailer { name: name.to_owned() });
+            return Err(ChunkedError::UnexpectedTrailer {
+                name: name.to_owned(),
+            });
         }
         if self.trailers.len() + line.len() + 2 > MAX_TRAILER_BYTES {
-            return Err(ChunkedError::TrailersTooLarge { limit: MAX_TRAILER_BYTES });
+            return Err(ChunkedError::TrailersTooLarge {
+                limit: MAX_TRAILER_BYTES,
+            });
         }
         let start = self.trailers.len();
         self.trailers.extend_from_slice(line);
@@ -457,19 +495,26 @@ impl ChunkResigner {
             return self.note_trailer_signature(start + colon + 1, value);
         }
         if self.signature_at.is_some() {
-            return Err(ChunkedError::BadTrailerSignature { problem: "a trailer follows it" });
+            return Err(ChunkedError::BadTrailerSignature {
+                problem: "a trailer follows it",
+            });
         }
-        self.canonical.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        self.canonical
+            .push((name.to_ascii_lowercase(), value.trim().to_owned()));
         Ok(())
     }
 
     fn note_trailer_signature(&mut self, value_at: usize, value: &str) -> Result<(), ChunkedError> {
         if self.signature_at.is_some() {
-            return Err(ChunkedError::BadTrailerSignature { problem: "sent twice" });
+            return Err(ChunkedError::BadTrailerSignature {
+                problem: "sent twice",
+            });
         }
         let trimmed = value.trim_start();
         if !is_signature(trimmed.trim_end().as_bytes()) {
-            return Err(ChunkedError::BadTrailerSignature { problem: "bad value" });
+            return Err(ChunkedError::BadTrailerSignature {
+                problem: "bad value",
+            });
         }
         self.signature_at = Some(value_at + (value.len() - trimmed.len()));
         Ok(())
@@ -502,7 +547,10 @@ impl ChunkResigner {
         self.line.extend_from_slice(&input.split_to(take));
         if self.line.len() > MAX_LINE_BYTES + 2 {
             let start = lossy(&self.line[..self.line.len().min(40)]);
-            return Err(ChunkedError::LineTooLong { start, limit: MAX_LINE_BYTES });
+            return Err(ChunkedError::LineTooLong {
+                start,
+                limit: MAX_LINE_BYTES,
+            });
         }
         if newline.is_none() {
             return Ok(None);
@@ -582,7 +630,9 @@ where
             };
             // HTTP trailers of the agent's request (not aws-chunked trailers): none are
             // expected; they are dropped rather than sent unsigned.
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if let Err(err) = this.resigner.push(data, &mut this.scratch) {
                 this.ended = true;
                 return Poll::Ready(Some(Err(err.into())));

@@ -71,20 +71,33 @@ impl Chain {
     }
 
     fn sign(&self, algorithm: &str, previous: &str, hashes: &str) -> String {
-        let sts = format!("{algorithm}\n{}\n{}\n{previous}\n{hashes}", self.date_time, self.scope);
+        let sts = format!(
+            "{algorithm}\n{}\n{}\n{previous}\n{hashes}",
+            self.date_time, self.scope
+        );
         calculate_signature(&self.key, sts.as_bytes())
     }
 
     fn chunk_signature(&self, previous: &str, data: &[u8]) -> String {
         let empty = sha_hex(b"");
-        self.sign("AWS4-HMAC-SHA256-PAYLOAD", previous, &format!("{empty}\n{}", sha_hex(data)))
+        self.sign(
+            "AWS4-HMAC-SHA256-PAYLOAD",
+            previous,
+            &format!("{empty}\n{}", sha_hex(data)),
+        )
     }
 
     fn trailer_signature(&self, previous: &str, trailers: &[(&str, &str)]) -> String {
-        let mut sorted: Vec<String> =
-            trailers.iter().map(|(n, v)| format!("{}:{}\n", n.to_lowercase(), v.trim())).collect();
+        let mut sorted: Vec<String> = trailers
+            .iter()
+            .map(|(n, v)| format!("{}:{}\n", n.to_lowercase(), v.trim()))
+            .collect();
         sorted.sort();
-        self.sign("AWS4-HMAC-SHA256-TRAILER", previous, &sha_hex(sorted.concat().as_bytes()))
+        self.sign(
+            "AWS4-HMAC-SHA256-TRAILER",
+            previous,
+            &sha_hex(sorted.concat().as_bytes()),
+        )
     }
 
     /// An aws-chunked stream as an SDK writes it; `trailers` is `Some` for -TRAILER.
@@ -126,7 +139,10 @@ impl Chain {
             let data = after.get(..size).ok_or("short chunk")?;
             let expected = self.chunk_signature(&previous, data);
             if signature != expected {
-                return Err(format!("chunk {} signature {signature} != {expected}", seen.len()));
+                return Err(format!(
+                    "chunk {} signature {signature} != {expected}",
+                    seen.len()
+                ));
             }
             seen.push(expected.clone());
             previous = expected;
@@ -135,7 +151,9 @@ impl Chain {
                 rest = after;
                 break;
             }
-            rest = after[size..].strip_prefix(b"\r\n").ok_or("no CRLF after chunk data")?;
+            rest = after[size..]
+                .strip_prefix(b"\r\n")
+                .ok_or("no CRLF after chunk data")?;
         }
         let mut trailers: Vec<(String, String)> = Vec::new();
         loop {
@@ -146,8 +164,10 @@ impl Chain {
             }
             let (name, value) = line.split_once(':').ok_or("bad trailer")?;
             if name == "x-amz-trailer-signature" {
-                let pairs: Vec<(&str, &str)> =
-                    trailers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let pairs: Vec<(&str, &str)> = trailers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
                 let expected = self.trailer_signature(&previous, &pairs);
                 if value != expected {
                     return Err(format!("trailer signature {value} != {expected}"));
@@ -165,7 +185,10 @@ impl Chain {
 }
 
 fn split_line(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
-    let at = bytes.windows(2).position(|w| w == b"\r\n").ok_or("no CRLF")?;
+    let at = bytes
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or("no CRLF")?;
     let line = std::str::from_utf8(&bytes[..at]).map_err(|e| e.to_string())?;
     Ok((line, &bytes[at + 2..]))
 }
@@ -234,7 +257,11 @@ fn session_chain() -> Chain {
 fn the_chain_is_rebuilt_from_the_seed_and_lengths_kept() {
     let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
     for trailers in [None, Some(&[CRC, ("x-amz-meta-note", "  two words ")][..])] {
-        let variant = if trailers.is_some() { Variant::PayloadTrailer } else { Variant::Payload };
+        let variant = if trailers.is_some() {
+            Variant::PayloadTrailer
+        } else {
+            Variant::Payload
+        };
         let agent = Chain::placeholder().stream(&[&body[..65_536], &body[65_536..]], trailers);
         let out = resign_all(&agent, session_chain().signer(variant)).expect("re-signs");
 
@@ -243,7 +270,10 @@ fn the_chain_is_rebuilt_from_the_seed_and_lengths_kept() {
         assert_eq!(decoded, body, "x-amz-decoded-content-length stays exact");
         assert_eq!(seen.len(), 3 + usize::from(trailers.is_some()));
         let agents = signatures(&agent);
-        assert!(seen.iter().all(|s| !agents.contains(s)), "no agent signature is forwarded");
+        assert!(
+            seen.iter().all(|s| !agents.contains(s)),
+            "no agent signature is forwarded"
+        );
         assert!(Chain::placeholder().verify(&out).is_err());
     }
 }
@@ -278,7 +308,9 @@ fn feed(pieces: &[&[u8]]) -> Vec<u8> {
     let mut resigner = ChunkResigner::new(session_chain().signer(Variant::PayloadTrailer));
     let mut out = Vec::new();
     for piece in pieces {
-        resigner.push(Bytes::copy_from_slice(piece), &mut out).expect("valid framing");
+        resigner
+            .push(Bytes::copy_from_slice(piece), &mut out)
+            .expect("valid framing");
     }
     resigner.finish().expect("complete");
     out.concat()
@@ -291,9 +323,19 @@ fn a_chunk_is_held_until_its_data_is_complete_and_then_sent_whole() {
     let mut resigner = ChunkResigner::new(session_chain().signer(Variant::Payload));
     let mut out = Vec::new();
     let header_len = agent.iter().position(|&b| b == b'\n').expect("header") + 1;
-    resigner.push(Bytes::copy_from_slice(&agent[..header_len + 60_000]), &mut out).expect("ok");
+    resigner
+        .push(
+            Bytes::copy_from_slice(&agent[..header_len + 60_000]),
+            &mut out,
+        )
+        .expect("ok");
     assert!(out.is_empty(), "the header needs the whole chunk's hash");
-    resigner.push(Bytes::copy_from_slice(&agent[header_len + 60_000..]), &mut out).expect("ok");
+    resigner
+        .push(
+            Bytes::copy_from_slice(&agent[header_len + 60_000..]),
+            &mut out,
+        )
+        .expect("ok");
     resigner.finish().expect("complete");
     session_chain().verify(&out.concat()).expect("verifies");
 }
@@ -305,7 +347,10 @@ fn header(size: &str) -> Vec<u8> {
 
 fn error_for(variant: Variant, stream: &[u8]) -> ChunkedError {
     let err = resign_all(stream, session_chain().signer(variant)).expect_err("refused");
-    assert!(err.to_string().starts_with("re-sign aws-chunked body: "), "{err}");
+    assert!(
+        err.to_string().starts_with("re-sign aws-chunked body: "),
+        "{err}"
+    );
     err
 }
 
@@ -313,24 +358,61 @@ fn error_for(variant: Variant, stream: &[u8]) -> ChunkedError {
 fn malformed_framing_is_refused_with_what_was_wrong() {
     let sig = "b".repeat(64);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"5\r\nhello\r\n".to_vec(), "is not `<hex size>;chunk-signature="),
-        (format!("5;chunk-signature={}\r\n", &sig[..63]).into_bytes(), "is not `<hex size>"),
-        (format!("5;x=1;chunk-signature={sig}\r\n").into_bytes(), "is not `<hex size>"),
-        (format!("g;chunk-signature={sig}\r\n").into_bytes(), "is not `<hex size>"),
-        (format!("0;chunk-signature={sig}\n\r\n").into_bytes(), "ends with LF, not CRLF"),
-        ([header("5"), b"helloXX".to_vec()].concat(), "data of 5 bytes not followed by CRLF"),
+        (
+            b"5\r\nhello\r\n".to_vec(),
+            "is not `<hex size>;chunk-signature=",
+        ),
+        (
+            format!("5;chunk-signature={}\r\n", &sig[..63]).into_bytes(),
+            "is not `<hex size>",
+        ),
+        (
+            format!("5;x=1;chunk-signature={sig}\r\n").into_bytes(),
+            "is not `<hex size>",
+        ),
+        (
+            format!("g;chunk-signature={sig}\r\n").into_bytes(),
+            "is not `<hex size>",
+        ),
+        (
+            format!("0;chunk-signature={sig}\n\r\n").into_bytes(),
+            "ends with LF, not CRLF",
+        ),
+        (
+            [header("5"), b"helloXX".to_vec()].concat(),
+            "data of 5 bytes not followed by CRLF",
+        ),
         (header("1000001"), "chunk of 16777217 bytes is over"),
-        (header("ffffffffffffffff"), "is over the gateway's 16777216-byte limit"),
+        (
+            header("ffffffffffffffff"),
+            "is over the gateway's 16777216-byte limit",
+        ),
         (header("10000000000000000"), "is not `<hex size>"),
         (vec![b'1'; 300], "has no CRLF within 256 bytes"),
-        ([header("5"), b"hel".to_vec()].concat(), "body ended inside a chunk after"),
-        (header("5")[..10].to_vec(), "body ended in a chunk header after 10 bytes"),
-        ([header("0"), b"\r\nX".to_vec()].concat(), "1 bytes after the final chunk"),
-        ([header("0"), b"x-amz-checksum-crc32:AAAA\r\n\r\n".to_vec()].concat(), "without trailers"),
+        (
+            [header("5"), b"hel".to_vec()].concat(),
+            "body ended inside a chunk after",
+        ),
+        (
+            header("5")[..10].to_vec(),
+            "body ended in a chunk header after 10 bytes",
+        ),
+        (
+            [header("0"), b"\r\nX".to_vec()].concat(),
+            "1 bytes after the final chunk",
+        ),
+        (
+            [header("0"), b"x-amz-checksum-crc32:AAAA\r\n\r\n".to_vec()].concat(),
+            "without trailers",
+        ),
     ];
     for (stream, expected) in cases {
         let err = error_for(Variant::Payload, &stream);
-        assert!(err.to_string().contains(expected), "{:?}: {err}", lossy(&stream));
+        assert!(
+            err.to_string().contains(expected),
+            "{:?}: {err}",
+            lossy(&stream)
+        );
     }
 }
 
@@ -340,19 +422,42 @@ fn trailer_framing_errors_are_refused() {
     let end = |lines: &str| [header("0"), lines.as_bytes().to_vec()].concat();
     let cases = [
         (end("x-amz-checksum-crc32:AAAA\r\n\r\n"), "(missing)"),
-        (end(&format!("x-amz-trailer-signature:{sig}\r\nx-amz-checksum-crc32:A\r\n\r\n")), "a trailer follows it"),
-        (end(&format!("x-amz-trailer-signature:{sig}\r\nx-amz-trailer-signature:{sig}\r\n\r\n")), "sent twice"),
+        (
+            end(&format!(
+                "x-amz-trailer-signature:{sig}\r\nx-amz-checksum-crc32:A\r\n\r\n"
+            )),
+            "a trailer follows it",
+        ),
+        (
+            end(&format!(
+                "x-amz-trailer-signature:{sig}\r\nx-amz-trailer-signature:{sig}\r\n\r\n"
+            )),
+            "sent twice",
+        ),
         (end("x-amz-trailer-signature:abc\r\n\r\n"), "(bad value)"),
-        (end("no colon here\r\n\r\n"), "trailer line \"no colon here\" is not `name:value`"),
-        (end("x-amz-checksum-crc32:AAAA\r\n"), "before the end of the trailers"),
+        (
+            end("no colon here\r\n\r\n"),
+            "trailer line \"no colon here\" is not `name:value`",
+        ),
+        (
+            end("x-amz-checksum-crc32:AAAA\r\n"),
+            "before the end of the trailers",
+        ),
     ];
     for (stream, expected) in cases {
         let err = error_for(Variant::PayloadTrailer, &stream);
-        assert!(err.to_string().contains(expected), "{:?}: {err}", lossy(&stream));
+        assert!(
+            err.to_string().contains(expected),
+            "{:?}: {err}",
+            lossy(&stream)
+        );
     }
     let many = format!("x-amz-meta-a:{}\r\n", "v".repeat(200)).repeat(100);
     let err = error_for(Variant::PayloadTrailer, &end(&many));
-    assert!(err.to_string().contains("trailers over 16384 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("trailers over 16384 bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -360,8 +465,16 @@ fn chunk_headers_parse_exactly() {
     let sig = "0123456789abcdef".repeat(4);
     let line = format!("10000;chunk-signature={sig}");
     let parsed = parse_chunk_header(line.as_bytes()).expect("parses");
-    assert_eq!((parsed.size, parsed.size_text, parsed.signature), (65_536, &b"10000"[..], sig.as_bytes()));
-    assert_eq!(parse_chunk_header(format!("00A;chunk-signature={sig}").as_bytes()).expect("ok").size, 10);
+    assert_eq!(
+        (parsed.size, parsed.size_text, parsed.signature),
+        (65_536, &b"10000"[..], sig.as_bytes())
+    );
+    assert_eq!(
+        parse_chunk_header(format!("00A;chunk-signature={sig}").as_bytes())
+            .expect("ok")
+            .size,
+        10
+    );
 }
 
 #[tokio::test]
@@ -370,7 +483,10 @@ async fn the_streaming_body_re_signs_frames_as_they_come() {
     use http_body_util::{BodyExt as _, StreamBody};
 
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 13) as u8).collect();
-    let agent = Chain::placeholder().stream(&[&body[..65_536], &body[65_536..131_072], &body[131_072..]], Some(&[CRC]));
+    let agent = Chain::placeholder().stream(
+        &[&body[..65_536], &body[65_536..131_072], &body[131_072..]],
+        Some(&[CRC]),
+    );
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = agent
         .chunks(7_001)
         .map(|piece| Ok(Frame::data(Bytes::copy_from_slice(piece))))
@@ -411,14 +527,18 @@ mod upstream {
     /// Starts a server on a kernel-chosen port that answers 200 when seed, every chunk and the
     /// trailer are signed with the session credentials, else 403 with the reason.
     pub async fn start() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("bound");
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let io = hyper_util::rt::TokioIo::new(socket);
                 tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
                     io,
-                    hyper::service::service_fn(|req| async { Ok::<_, std::io::Error>(check(req).await) }),
+                    hyper::service::service_fn(|req| async {
+                        Ok::<_, std::io::Error>(check(req).await)
+                    }),
                 ));
             }
         });
@@ -450,8 +570,12 @@ mod upstream {
 
     fn verify_request(parts: &http::request::Parts, body: &[u8]) -> Result<(), String> {
         let auth = header(parts, "authorization")?;
-        let rest = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=").ok_or("not SigV4")?;
-        let (credential, rest) = rest.split_once(", SignedHeaders=").ok_or("no SignedHeaders")?;
+        let rest = auth
+            .strip_prefix("AWS4-HMAC-SHA256 Credential=")
+            .ok_or("not SigV4")?;
+        let (credential, rest) = rest
+            .split_once(", SignedHeaders=")
+            .ok_or("no SignedHeaders")?;
         let (signed, seed) = rest.split_once(", Signature=").ok_or("no Signature")?;
         let (akid, scope) = credential.split_once('/').ok_or("bad credential")?;
         if akid != AKID || header(parts, "x-amz-security-token")? != TOKEN {
@@ -476,20 +600,29 @@ mod upstream {
             scope: scope.to_owned(),
             seed: seed.to_owned(),
         };
-        let sts = format!("AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}", sha_hex(canonical.as_bytes()));
+        let sts = format!(
+            "AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}",
+            sha_hex(canonical.as_bytes())
+        );
         let seed_expected = calculate_signature(&chain.key, sts.as_bytes());
         if seed != seed_expected {
             return Err(format!("seed signature {seed} != {seed_expected}"));
         }
-        let length: usize = header(parts, "content-length")?.parse().map_err(|_| "length")?;
+        let length: usize = header(parts, "content-length")?
+            .parse()
+            .map_err(|_| "length")?;
         if length != body.len() {
             return Err(format!("content-length {length} but {} bytes", body.len()));
         }
         let (decoded, _) = chain.verify(body)?;
-        let declared: usize =
-            header(parts, "x-amz-decoded-content-length")?.parse().map_err(|_| "decoded")?;
+        let declared: usize = header(parts, "x-amz-decoded-content-length")?
+            .parse()
+            .map_err(|_| "decoded")?;
         if declared != decoded.len() {
-            return Err(format!("decoded length {declared} but {} bytes", decoded.len()));
+            return Err(format!(
+                "decoded length {declared} but {} bytes",
+                decoded.len()
+            ));
         }
         Ok(())
     }
@@ -527,7 +660,9 @@ mod upstream {
 
         let s3_host = "bucket-host.s3.us-east-1.amazonaws.com";
         let uri = parts.uri.clone();
-        parts.uri = format!("https://{s3_host}/bucket/a%20b.bin").parse().expect("uri");
+        parts.uri = format!("https://{s3_host}/bucket/a%20b.bin")
+            .parse()
+            .expect("uri");
         let req = classify(&parts, None).expect("classifies");
         let mut signer =
             resign_chunked(&mut parts, &req, &session_creds(), SystemTime::now()).expect("signs");
@@ -541,13 +676,20 @@ mod upstream {
             .map(|piece| Ok(Frame::data(Bytes::copy_from_slice(piece))))
             .collect();
         let body = ResignedBody::new(StreamBody::new(futures_util::stream::iter(frames)), signer);
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http();
-        let response = client.request(Request::from_parts(parts, body)).await.expect("sent");
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let response = client
+            .request(Request::from_parts(parts, body))
+            .await
+            .expect("sent");
         let status = response.status();
-        let text = response.into_body().collect().await.expect("answer").to_bytes();
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .expect("answer")
+            .to_bytes();
         (status, String::from_utf8_lossy(&text).into_owned())
     }
 }
@@ -590,12 +732,28 @@ fn resign_chunked_signs_the_marker_and_keeps_the_length_headers_signed() {
         .expect("request")
         .into_parts();
     let req = classify(&parts, None).expect("classifies");
-    let signer = resign_chunked(&mut parts, &req, &upstream::session_creds(), SystemTime::now())
-        .expect("signs");
+    let signer = resign_chunked(
+        &mut parts,
+        &req,
+        &upstream::session_creds(),
+        SystemTime::now(),
+    )
+    .expect("signs");
     let auth = parts.headers["authorization"].to_str().expect("ascii");
-    assert!(auth.ends_with(signer.previous()), "the seed is the request's signature");
-    assert_eq!(parts.headers["x-amz-content-sha256"], Variant::PayloadTrailer.marker());
-    for name in ["content-encoding", "content-length", "x-amz-decoded-content-length", "x-amz-trailer"] {
+    assert!(
+        auth.ends_with(signer.previous()),
+        "the seed is the request's signature"
+    );
+    assert_eq!(
+        parts.headers["x-amz-content-sha256"],
+        Variant::PayloadTrailer.marker()
+    );
+    for name in [
+        "content-encoding",
+        "content-length",
+        "x-amz-decoded-content-length",
+        "x-amz-trailer",
+    ] {
         assert!(auth.contains(name), "{name} signed: {auth}");
     }
     let debug = format!("{signer:?}");
@@ -614,8 +772,16 @@ fn resign_still_refuses_chunk_signed_bodies_and_resign_chunked_others() {
         .into_parts()
         .0;
     let req = classify(&parts, None).expect("classifies");
-    let err = resign_chunked(&mut parts, &req, &upstream::session_creds(), SystemTime::now())
-        .expect_err("not chunk-signed");
-    assert!(matches!(err, crate::aws::SignError::NotChunkSigned), "{err}");
+    let err = resign_chunked(
+        &mut parts,
+        &req,
+        &upstream::session_creds(),
+        SystemTime::now(),
+    )
+    .expect_err("not chunk-signed");
+    assert!(
+        matches!(err, crate::aws::SignError::NotChunkSigned),
+        "{err}"
+    );
     assert_eq!(chunk_signed(&parts), None);
 }
