@@ -205,12 +205,12 @@ fn sessions(config: &Config, args: SessionsArgs) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<16} {:<24} {:<20} {:<12} {:>8} {:>6}  STARTED  ROLE",
-        "ID", "IDENTITY", "GROUPS", "PIDS", "REQUESTS", "DENIED")?;
+    writeln!(out, "{:<16} {:<24} {:<20} {:<12} {:>8} {:>6} {:>4}  STARTED  ROLE",
+        "ID", "IDENTITY", "GROUPS", "PIDS", "REQUESTS", "DENIED", "HELD")?;
     for s in sessions {
         let pids: Vec<String> = s.pids.iter().map(u32::to_string).collect();
-        writeln!(out, "{:<16} {:<24} {:<20} {:<12} {:>8} {:>6}  {}  {}",
-            s.id, s.subject, s.groups.join(","), pids.join(","), s.requests, s.denied,
+        writeln!(out, "{:<16} {:<24} {:<20} {:<12} {:>8} {:>6} {:>4}  {}  {}",
+            s.id, s.subject, s.groups.join(","), pids.join(","), s.requests, s.denied, s.held,
             format_started(s.started), s.role_arn)?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use crate::{
     policy::{quota::Quotas, store::PolicyStore},
     records::{
         audit::{AuditIdentity, AuditLog, AuditRecord, Event, now_rfc3339},
-        recording::{Entry, SessionRecording},
+        recording::{Entry, RecordingSettings, SessionRecording},
     },
     config::Config,
     control,
@@ -27,6 +27,7 @@ use crate::{
 /// State shared by the control socket and the session watchers.
 pub struct Daemon {
     pub config: Config,
+    pub recording: RecordingSettings,
     pub approvals: Arc<Approvals>,
     pub sessions: Arc<SessionRegistry>,
     pub oidc: Arc<OidcValidator>,
@@ -71,9 +72,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup_root.clone(),
         config.records.dir.join("state"),
     ));
-    let body_cap = config.records.body_cap_bytes;
+    let recording = RecordingSettings {
+        records_dir: config.records.dir.clone(),
+        body_cap: config.records.body_cap_bytes,
+        admin_gid: nix::unistd::Group::from_name(&config.control.admin_group)
+            .ok()
+            .flatten()
+            .map(|group| group.gid.as_raw()),
+    };
     let restored = sessions.restore(|id| {
-        SessionRecording::reopen(&config.records.dir, id, body_cap)
+        SessionRecording::reopen(&recording, id)
             .inspect_err(|err| tracing::warn!(session = id, error = %err, "recording not reopened"))
             .ok()
             .map(Arc::new)
@@ -104,7 +112,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(gateway.clone().serve(listener));
     }
     tokio::spawn(policy.watch());
-    let daemon = Arc::new(Daemon { config, approvals, sessions, oidc, broker, ca, audit });
+    let daemon =
+        Arc::new(Daemon { config, recording, approvals, sessions, oidc, broker, ca, audit });
     for session in restored {
         tracing::info!(session = %session.id, subject = %session.identity.subject,
             "session adopted from the previous daemon");

@@ -49,6 +49,8 @@ pub struct Session {
 pub struct Counters {
     pub requests: AtomicU64,
     pub denied: AtomicU64,
+    /// Calls waiting for a human's approval right now.
+    pub held: AtomicU64,
 }
 
 /// What `interceptor sessions` shows of a session.
@@ -65,6 +67,7 @@ pub struct SessionSummary {
     pub started: u64,
     pub requests: u64,
     pub denied: u64,
+    pub held: u64,
 }
 
 /// A validated OIDC token.
@@ -141,6 +144,7 @@ impl Session {
                 .map_or(0, |d| d.as_secs()),
             requests: self.counters.requests.load(Ordering::Relaxed),
             denied: self.counters.denied.load(Ordering::Relaxed),
+            held: self.counters.held.load(Ordering::Relaxed),
         }
     }
 }

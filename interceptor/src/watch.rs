@@ -30,25 +30,32 @@ pub fn run(config: &Config, session: Option<String>, json: bool) -> anyhow::Resu
 
     let colour = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
-    if session.is_none() {
-        writeln!(out, "watching all sessions (Ctrl-C to stop)")?;
-    }
     let mut refused = None;
     client::stream(
         &config.control.socket,
         &Request::Watch { session },
         &|| INTERRUPTED.load(Ordering::SeqCst),
         &mut |line| {
-            if json {
-                writeln!(out, "{line}")?;
+            if let Ok(reply) = serde_json::from_str::<Reply>(line) {
+                match reply {
+                    Reply::Watching { session: None } => {
+                        writeln!(out, "watching all sessions (Ctrl-C to stop)")?
+                    }
+                    Reply::Watching { session: Some(id) } => {
+                        writeln!(out, "watching session {id} (Ctrl-C to stop)")?
+                    }
+                    Reply::Error { message } => refused = Some(message),
+                    _ => {}
+                }
                 return out.flush();
             }
-            match serde_json::from_str::<AuditRecord>(line) {
-                Ok(record) => writeln!(out, "{}", format_record(&record, colour))?,
-                Err(_) => match serde_json::from_str::<Reply>(line) {
-                    Ok(Reply::Error { message }) => refused = Some(message),
-                    _ => writeln!(out, "{line}")?,
-                },
+            if json {
+                writeln!(out, "{line}")?;
+            } else {
+                match serde_json::from_str::<AuditRecord>(line) {
+                    Ok(record) => writeln!(out, "{}", format_record(&record, colour))?,
+                    Err(_) => writeln!(out, "{line}")?,
+                }
             }
             out.flush()
         },

@@ -136,10 +136,12 @@ AWS_CLI = VENV_BIN / "aws"
 #: (127.0.0.1), so only the eBPF redirect can bring an agent to the gateway.
 AWS_ADDRESS = "127.0.0.2"
 REGION = "us-east-1"
+#: Buckets of the shared/cases tests (test_cases_*.py).
+CASES_BUCKETS = ("e2e-cases-keys", "e2e-cases-bodies", "e2e-cases-expect", "e2e-cases-big")
 #: Buckets the agents create: clients address them virtual-host style (bucket.s3...), so each
 #: needs a name in the private hosts file. "demo-bucket" is scripts/demo's.
 BUCKETS = ("e2e-cli-bucket", "e2e-boto3-bucket", "e2e-boto3-objects", "e2e-js-bucket",
-           "demo-bucket")
+           "demo-bucket", *CASES_BUCKETS)
 AWS_HOSTS = (
     "sts.amazonaws.com",
     f"sts.{REGION}.amazonaws.com",
@@ -151,6 +153,10 @@ AWS_HOSTS = (
     f"secretsmanager.{REGION}.amazonaws.com",
     f"dynamodb.{REGION}.amazonaws.com",
     f"ssm.{REGION}.amazonaws.com",
+    # test_cases_signing.py: REST-JSON services with encoded characters in the path.
+    f"lambda.{REGION}.amazonaws.com",
+    f"apigateway.{REGION}.amazonaws.com",
+    "route53.amazonaws.com",
 )
 #: An image moto ships in its default AMI list.
 AMI_ID = "ami-12c6146b"
@@ -696,6 +702,17 @@ class Agents:
         """The stock AWS CLI, unmodified, as an agent; JSON output."""
         return self.run(token_file, [str(AWS_CLI), "--output", "json", *args])
 
+    def batch(self, token_file: Path, commands: list[list[str]], timeout: float = AGENT_TIMEOUT,
+              ) -> list[dict[str, Any]]:
+        """Run several commands in ONE agent session (one `interceptor run`), in order; each
+        gives {"argv", "rc", "stdout", "stderr", "seconds"}. A leading "aws" is the venv's CLI
+        with JSON output. A command may read a file as stdin: ["<FILE", argv...]."""
+        result = self.run(token_file, [str(PYTHON), "-c", BATCH_SCRIPT, json.dumps(commands)],
+                          timeout=timeout)
+        if result.returncode != 0 or not result.stdout.strip():
+            raise HarnessError(f"batch agent failed: {describe(result)}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def python(self, token_file: Path, script: str) -> subprocess.CompletedProcess:
         """A Python agent (the venv with boto3) running `script`."""
         return self.run(token_file, [str(PYTHON), "-c", script])
@@ -706,6 +723,27 @@ class Agents:
         if node is None:
             raise HarnessError("node is not on PATH (scripts/setup installs the peers)")
         return self.run(token_file, [node, str(script), *args])
+
+
+#: The agent of Agents.batch: runs each command, prints one JSON list of the outcomes.
+BATCH_SCRIPT = f"""
+import json, subprocess, sys, time
+out = []
+for argv in json.loads(sys.argv[1]):
+    stdin = subprocess.DEVNULL
+    if argv and argv[0].startswith("<"):
+        stdin = open(argv[0][1:], "rb")
+        argv = argv[1:]
+    if argv and argv[0] == "aws":
+        argv = [{str(AWS_CLI)!r}, "--output", "json", *argv[1:]]
+    started = time.monotonic()
+    done = subprocess.run(argv, stdin=stdin, capture_output=True)
+    out.append({{"argv": argv, "rc": done.returncode,
+                 "stdout": done.stdout.decode("utf-8", "replace"),
+                 "stderr": done.stderr.decode("utf-8", "replace")[-3000:],
+                 "seconds": time.monotonic() - started}})
+print(json.dumps(out))
+"""
 
 
 class Listener:
@@ -978,6 +1016,206 @@ def wait_for_session(config: Path, predicate, timeout: float = 30.0) -> dict[str
 
     wait_until(seen, timeout, "the session in `interceptor sessions`", interval=0.1)
     return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# What reached the upstream (test_cases_*.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TappedRequest:
+    """One HTTP/1.1 request as the gateway sent it upstream: head, framing, first body bytes."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body_prefix: bytes = b""
+    body_length: int = 0
+    chunked: bool = False
+
+    def header(self, name: str) -> str | None:
+        """The first value of `name` (case-insensitive), or None."""
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+    def signed_headers(self) -> list[str]:
+        """SignedHeaders of the Authorization header (lower-case names), [] when unsigned."""
+        match = re.search(r"SignedHeaders=([^,\s]+)", self.header("authorization") or "")
+        return match.group(1).split(";") if match else []
+
+
+class _RequestParser:
+    """Splits the gateway-to-upstream byte stream of one connection into requests.
+
+    Handles Content-Length and chunked framing; keeps `prefix_cap` bytes of each body (never the
+    whole body, so a 1 GB upload costs no memory here)."""
+
+    def __init__(self, sink: list[TappedRequest], lock: threading.Lock,
+                 prefix_cap: int = 4096) -> None:
+        self._sink, self._lock, self._cap = sink, lock, prefix_cap
+        self._buffer = b""
+        self._state = "head"
+        self._remaining = 0
+        self._current: TappedRequest | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while self._step():
+            pass
+
+    def _body(self, data: bytes) -> None:
+        current = self._current
+        if current is None:
+            return
+        current.body_length += len(data)
+        room = self._cap - len(current.body_prefix)
+        if room > 0:
+            current.body_prefix += data[:room]
+
+    def _line(self) -> bytes | None:
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            return None
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+        return line
+
+    def _step(self) -> bool:
+        if self._state == "head":
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4:]
+            self._start(head)
+            return True
+        if self._state in ("body", "chunk"):
+            if not self._buffer:
+                return False
+            taken = self._buffer[:self._remaining]
+            self._buffer = self._buffer[len(taken):]
+            self._remaining -= len(taken)
+            self._body(taken)
+            if self._remaining == 0:
+                self._state = "chunk-end" if self._state == "chunk" else "head"
+            return True
+        line = self._line()
+        if line is None:
+            return False
+        if self._state == "chunk-end":
+            self._state = "chunk-size"
+        elif self._state == "chunk-size":
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            self._state, self._remaining = ("trailers", 0) if size == 0 else ("chunk", size)
+        elif self._state == "trailers" and line == b"":
+            self._state = "head"
+        return True
+
+    def _start(self, head: str) -> None:
+        request_line, *lines = head.split("\r\n")
+        method, target, _ = (request_line.split(" ", 2) + ["", ""])[:3]
+        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+        request = TappedRequest(method=method, target=target, headers=headers)
+        request.chunked = "chunked" in (request.header("transfer-encoding") or "").lower()
+        with self._lock:
+            self._sink.append(request)
+        self._current = request
+        length = int(request.header("content-length") or 0)
+        if request.chunked:
+            self._state = "chunk-size"
+        elif length:
+            self._state, self._remaining = "body", length
+        else:
+            self._state = "head"
+
+
+class UpstreamTap:
+    """A TCP relay between the daemon and moto that records every request the gateway sent.
+
+    The daemon's `aws.upstream` is plain HTTP in the suite, so the relay sees the exact bytes
+    AWS would see after TLS: the re-signed head, Content-Length or chunked framing, the body."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.requests: list[TappedRequest] = []
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def since(self, mark: int) -> list[TappedRequest]:
+        with self._lock:
+            return list(self.requests[mark:])
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            conn.close()
+            return
+        upstream.settimeout(None)
+        parser = _RequestParser(self.requests, self._lock)
+        back = threading.Thread(target=self._pump, args=(upstream, conn, None), daemon=True)
+        back.start()
+        self._pump(conn, upstream, parser)
+        back.join(30)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, parser: _RequestParser | None) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                if parser is not None:
+                    parser.feed(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (sink, source):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(5.0)
+        self._sock.close()
+
+
+def set_upstream(world: World, daemon: Daemon, url: str) -> None:
+    """Point the daemon's `aws.upstream` at `url` and restart it (sessions are adopted again;
+    used to put an UpstreamTap in the path, and to take it out)."""
+    text = world.config.read_text()
+    new = re.sub(r'(?m)^upstream = ".*"$', f'upstream = "{url}"', text, count=1)
+    if new == text and f'upstream = "{url}"' not in text:
+        raise HarnessError(f"no upstream line in {world.config}")
+    world.config.write_text(new)
+    daemon.stop()
+    daemon.start()
 
 
 if __name__ == "__main__":

@@ -97,10 +97,6 @@ timeout = "2m"
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product gap: SessionSummary (interceptor/src/session.rs) has no held count, though issue 4 "
-    "asks `interceptor sessions` for id, identity, groups, role, pids, started, requests, "
-    "denied, held"))
 def test_sessions_counts_the_calls_a_session_has_held(
         agents: Agents, alice_token_file: Path, world: World, policy: harness.PolicyControl):
     policy.install(HOLD_LIST_TABLES_POLICY)
@@ -176,7 +172,8 @@ def test_watch_of_one_session_shows_only_its_calls(
         waiting_agent: WaitingAgent, agents: Agents, alice_token_file: Path, world: World):
     watch = start_watch(world, waiting_agent.session)
     try:
-        time.sleep(0.5)  # the watch subscribes once connected; nothing to read before a call
+        banner = harness.read_line(watch.stdout, 10.0, "sessions watch")  # subscribed from here
+        assert waiting_agent.session in banner, banner
         other = agents.aws(alice_token_file, "dynamodb", "list-tables")
         assert other.returncode == 0, describe(other)
         waiting_agent.call()

@@ -114,10 +114,6 @@ def step(agent) -> None:
     assert harness.read_line(agent.stdout, 60.0, "the agent's call") == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: SessionRecording::reopen (interceptor/src/records/recording.rs) appends after a "
-    "torn last line without ending it, so the first exchange after adoption is glued to the "
-    "fragment and lost by replay"))
 def test_recording_goes_on_after_a_torn_last_line_when_the_session_is_adopted(
         daemon: Daemon, agents: Agents, alice_token_file: Path, world: World):
     agent = agents.spawn(alice_token_file, [str(harness.PYTHON), "-c", STEPPING_AGENT])

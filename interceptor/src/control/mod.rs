@@ -52,6 +52,8 @@ pub enum Reply {
     SessionKilled { id: String },
     CaCertificate { pem: String },
     Approvals { calls: Vec<HeldCall> },
+    /// First line of a watch stream: the watcher is subscribed; records follow.
+    Watching { session: Option<String> },
     /// The held call was answered.
     Answered { id: String },
     /// The request was refused; `message` says why, for the user to read.

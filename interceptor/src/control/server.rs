@@ -152,6 +152,13 @@ async fn watch(
         return;
     }
     let mut feed = daemon.audit.subscribe();
+    // Subscribed: from here on no record is missed, and the watcher may say so.
+    let mut ack = serde_json::to_vec(&Reply::Watching { session: session.clone() })
+        .expect("replies serialise");
+    ack.push(b'\n');
+    if write.write_all(&ack).await.is_err() {
+        return;
+    }
     loop {
         let record = match feed.recv().await {
             Ok(record) => record,
@@ -242,11 +249,7 @@ async fn open_session(
         return refuse(format!("role {role_arn} cannot be assumed for {}: {err}", identity.subject));
     }
 
-    let recording = match SessionRecording::create(
-        &daemon.config.records.dir,
-        &id,
-        daemon.config.records.body_cap_bytes,
-    ) {
+    let recording = match SessionRecording::create(&daemon.recording, &id) {
         Ok(recording) => Arc::new(recording),
         Err(err) => return refuse(format!("cannot start the session's recording: {err}")),
     };

@@ -358,6 +358,11 @@ impl Gateway {
         tracing::info!(id = hold.id(), session = %session.id, action = ?request.action,
             "call held for approval");
         audit.approval = Some(hold.id().to_owned());
+        session.counters.held.fetch_add(1, Ordering::Relaxed);
+        // Counted down however the wait ends, the agent's disconnect included.
+        let _held = scopeguard(|| {
+            session.counters.held.fetch_sub(1, Ordering::Relaxed);
+        });
         match hold.wait().await {
             Some(Verdict::Approved { by }) => {
                 audit.decision = Some("approved".to_owned());
@@ -595,6 +600,19 @@ impl Drop for AuditGuard<'_> {
         self.record.forwarded = Some(false);
         self.log.record(&self.record);
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// A limit charge made for a call, refunded if AWS does not carry the call out.

@@ -168,6 +168,27 @@ pub fn recording_path(records_dir: &Path, session: &str) -> PathBuf {
     sessions_dir(records_dir).join(format!("{session}.jsonl"))
 }
 
+/// Where recordings go and how much they keep.
+#[derive(Debug, Clone)]
+pub struct RecordingSettings {
+    pub records_dir: PathBuf,
+    pub body_cap: usize,
+    /// Group given read access (the control socket's admin group), when it exists.
+    pub admin_gid: Option<u32>,
+}
+
+/// Truncates the file after its last newline, if it does not end with one.
+fn drop_torn_tail(path: &Path) -> std::io::Result<()> {
+    let bytes = fs::read(path)?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tracing::warn!(path = %path.display(), dropped = bytes.len() - keep,
+        "recording ended in a line cut short; it was cut off");
+    OpenOptions::new().write(true).open(path)?.set_len(keep as u64)
+}
+
 /// An open recording, shared by all the session's connections.
 #[derive(Debug)]
 pub struct SessionRecording {
@@ -178,29 +199,39 @@ pub struct SessionRecording {
 }
 
 impl SessionRecording {
-    /// Creates the session's file (mode 0640) under `records_dir/sessions` (mode 0750).
-    pub fn create(records_dir: &Path, session: &str, body_cap: usize) -> Result<Self, RecordingError> {
-        let dir = sessions_dir(records_dir);
+    /// Creates (or opens, to append) the session's file, mode 0640, under
+    /// `records_dir/sessions` (mode 0750). Both belong to the admin group when it exists, so
+    /// its members can replay without root.
+    pub fn create(settings: &RecordingSettings, session: &str) -> Result<Self, RecordingError> {
+        let dir = sessions_dir(&settings.records_dir);
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| RecordingError::Io { path, source }
         };
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).map_err(io_err(&dir))?;
-        let path = recording_path(records_dir, session);
+        let path = recording_path(&settings.records_dir, session);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o640)
             .open(&path)
             .map_err(io_err(&path))?;
-        Ok(Self { path, file: Mutex::new(file), seq: AtomicU64::new(0), body_cap })
+        if let Some(gid) = settings.admin_gid {
+            for target in [&dir, &path] {
+                std::os::unix::fs::chown(target, None, Some(gid)).map_err(io_err(target))?;
+            }
+        }
+        Ok(Self { path, file: Mutex::new(file), seq: AtomicU64::new(0), body_cap: settings.body_cap })
     }
 
     /// Opens an existing recording to go on appending (a session adopted after a restart);
-    /// numbering continues after the exchanges already written.
-    pub fn reopen(records_dir: &Path, session: &str, body_cap: usize) -> Result<Self, RecordingError> {
-        let existing = read(records_dir, session)?;
+    /// numbering continues after the exchanges already written. A last line cut short (a
+    /// crash mid-write) is cut off first, so the next entry starts on a line of its own.
+    pub fn reopen(settings: &RecordingSettings, session: &str) -> Result<Self, RecordingError> {
+        let path = recording_path(&settings.records_dir, session);
+        drop_torn_tail(&path).map_err(|source| RecordingError::Io { path: path.clone(), source })?;
+        let existing = read(&settings.records_dir, session)?;
         let last = existing
             .entries
             .iter()
@@ -210,7 +241,7 @@ impl SessionRecording {
             })
             .max()
             .unwrap_or(0);
-        let recording = Self::create(records_dir, session, body_cap)?;
+        let recording = Self::create(settings, session)?;
         recording.seq.store(last, Ordering::Relaxed);
         Ok(recording)
     }
@@ -316,7 +347,12 @@ mod tests {
     #[test]
     fn entries_read_back_in_order_and_a_torn_tail_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let recording = SessionRecording::create(dir.path(), "s-1", 1024).unwrap();
+        let settings = RecordingSettings {
+            records_dir: dir.path().to_owned(),
+            body_cap: 1024,
+            admin_gid: None,
+        };
+        let recording = SessionRecording::create(&settings, "s-1").unwrap();
         recording.append(&exchange(1));
         recording.append(&exchange(2));
         // What a write cut short leaves behind.
@@ -330,6 +366,21 @@ mod tests {
         let Entry::Exchange(second) = &read.entries[1] else { panic!("not an exchange") };
         assert_eq!(second.seq, 2);
         assert_eq!(second.response.body.base64.as_deref(), Some("/wA="));
+
+        // An adopting daemon cuts the fragment off and numbers on.
+        let reopened = SessionRecording::reopen(&settings, "s-1").unwrap();
+        reopened.append(&exchange(reopened.next_seq()));
+        let read = super::read(dir.path(), "s-1").unwrap();
+        assert!(!read.torn_tail);
+        let seqs: Vec<u64> = read
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Exchange(x) => Some(x.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
     }
 
     #[test]
