@@ -26,6 +26,8 @@ pub const DEFAULT_REDIRECT_PORTS: [u16; 2] = [443, 80];
 pub const DEFAULT_MAX_API_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// How long STS credentials are asked for.
 pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(15 * 60);
+/// Whether STS sessions carry SourceIdentity and session tags (a chained AssumeRole).
+pub const DEFAULT_TAG_SESSIONS: bool = true;
 pub const DEFAULT_AUDIENCE: &str = "interceptor";
 pub const DEFAULT_GROUPS_CLAIM: &str = "groups";
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -126,6 +128,10 @@ pub struct AwsConfig {
     /// Extra CA (PEM) trusted for the upstream.
     #[serde(deserialize_with = "optional_path")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Chain a signed AssumeRole after the web-identity call so the STS session carries
+    /// SourceIdentity and session tags (CloudTrail linkage); needs the role's trust policy to
+    /// allow the role itself sts:AssumeRole, sts:SetSourceIdentity and sts:TagSession.
+    pub tag_sessions: bool,
 }
 
 impl Default for AwsConfig {
@@ -136,6 +142,7 @@ impl Default for AwsConfig {
             session_duration: DEFAULT_SESSION_DURATION,
             upstream: None,
             upstream_ca_file: None,
+            tag_sessions: DEFAULT_TAG_SESSIONS,
         }
     }
 }
@@ -351,6 +358,7 @@ mod tests {
         assert_eq!(config.aws.session_duration, Duration::from_secs(900));
         assert_eq!(config.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert!(config.aws.upstream.is_none());
+        assert!(config.aws.tag_sessions, "CloudTrail linkage is on unless turned off");
     }
 
     #[test]

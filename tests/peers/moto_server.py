@@ -32,7 +32,15 @@ Gaps in moto handled here, each on purpose and each visible to the tests:
     that moto only ever saw STS-issued keys (ASIA...), never the agent's placeholder keys.
 (d) The role the daemon assumes (arn:aws:iam::123456789012:role/agent; moto's default account)
     is created at start with an inline policy allowing "*", so moto's authorization passes for
-    calls signed with that role's STS credentials.
+    calls signed with that role's STS credentials. Its trust policy also lets the role assume
+    itself with sts:SetSourceIdentity and sts:TagSession, as the README asks of a real role for
+    the daemon's chained, tagged AssumeRole (aws.tag_sessions).
+(e) moto does check the trust policy for sts:AssumeRole, but compares its AWS principal verbatim
+    with the caller's assumed-role session ARN; AWS matches a role ARN in the trust policy to
+    every session of that role. When moto's own check refuses a caller that is a role session,
+    the trust policy is evaluated once more with the session's role ARN as the principal, so
+    role chaining behaves as on AWS. moto checks only the sts:AssumeRole action there, not
+    sts:SetSourceIdentity or sts:TagSession, and ignores SourceIdentity and Tags.
 """
 
 from __future__ import annotations
@@ -49,6 +57,13 @@ from typing import Any
 from moto import settings
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.authorization import ActionAuthenticatorMixin
+from moto.iam.access_control import (
+    AssumedRoleAccessKey,
+    IAMPolicy,
+    IAMRequestBase,
+    PermissionResult,
+)
+from moto.iam.utils import format_incoming_conditional_values
 from moto.iam.models import iam_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -61,7 +76,8 @@ ROLE_NAME = "agent"
 ROLE_ARN = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/{ROLE_NAME}"
 WEB_IDENTITY_ACTION = "AssumeRoleWithWebIdentity"
 
-# Who may assume the role: any web identity (moto does not evaluate it for this action, see (a)).
+# Who may assume the role: any web identity (moto does not evaluate it for this action, see (a)),
+# and the role itself, for the daemon's chained, tagged AssumeRole (see (d) and (e)).
 TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
@@ -69,7 +85,12 @@ TRUST_POLICY = {
             "Effect": "Allow",
             "Principal": {"Federated": "*"},
             "Action": "sts:AssumeRoleWithWebIdentity",
-        }
+        },
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": ROLE_ARN},
+            "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"],
+        },
     ],
 }
 ALLOW_ALL_POLICY = {
@@ -168,6 +189,26 @@ def install_recording_auth(key_log: JsonLines, token_log: JsonLines) -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_action = authenticate  # type: ignore
 
 
+def install_role_session_trust() -> None:
+    """(e): a role ARN in a trust policy also trusts the sessions of that role, as on AWS."""
+    original = IAMRequestBase._check_role_trust_relationship
+
+    def check(self: Any, role_arn: str) -> bool:
+        if original(self, role_arn):
+            return True
+        caller = self._access_key
+        if not isinstance(caller, AssumedRoleAccessKey):
+            return False
+        caller_role_arn = self.backend.get_role(caller._owner_role_name).arn
+        trust = IAMPolicy(self.backend.get_role_by_arn(role_arn).assume_role_policy_document)
+        result = trust.is_action_permitted(
+            self._action, role_arn, caller_role_arn, format_incoming_conditional_values(self._data)
+        )
+        return result == PermissionResult.PERMITTED
+
+    IAMRequestBase._check_role_trust_relationship = check  # type: ignore
+
+
 def bootstrap_role() -> None:
     """(d): the role the daemon assumes, allowed to do anything in moto's IAM model."""
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
@@ -194,6 +235,7 @@ def main() -> int:
     # Checks on from the first request: no free unauthenticated calls.
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     install_recording_auth(JsonLines(args.key_log), JsonLines(args.token_log))
+    install_role_session_trust()
     bootstrap_role()
 
     app = DomainDispatcherApplication(create_backend_app)

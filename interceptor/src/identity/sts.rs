@@ -1,18 +1,26 @@
 //! The AWS credentials bound to an identity: AssumeRoleWithWebIdentity with the session's OIDC
-//! token, cached per (session, role) until shortly before they expire.
+//! token, then (with `aws.tag_sessions`) a chained AssumeRole that stamps the person and the
+//! session onto the STS session; cached per (session, role) until shortly before they expire.
 //!
-//! The call is unsigned, so the STS client has no credentials provider at all: nothing reads
-//! keys from the environment, profiles or instance metadata. HTTP goes through this module's own
-//! hyper client (hyper-rustls, ring, webpki roots plus `aws.upstream_ca_file`), plugged into the
-//! SDK as its [`HttpClient`]. With `aws.upstream` set, every STS request is sent to that URL
-//! while its Host header keeps the real STS name, as the gateway does for all other services.
+//! The web-identity call is unsigned, so the STS client has no credentials provider at all:
+//! nothing reads keys from the environment, profiles or instance metadata. The chained call is
+//! signed with the web-identity credentials just received, handed to the SDK for that one call as
+//! static credentials. HTTP goes through this module's own hyper client (hyper-rustls, ring,
+//! webpki roots plus `aws.upstream_ca_file`), plugged into the SDK as its [`HttpClient`]. With
+//! `aws.upstream` set, every STS request is sent to that URL while its Host header keeps the real
+//! STS name, as the gateway does for all other services.
 //!
-//! RoleSessionName is `<subject>@<session-id>` (see [`role_session_name`]), so CloudTrail entries
-//! of the session name the person and the session. AssumeRoleWithWebIdentity has no
+//! CloudTrail linkage. RoleSessionName is `<subject>@<session-id>` (see [`role_session_name`]),
+//! so the assumed-role ARN names the person and the session. AssumeRoleWithWebIdentity has no
 //! SourceIdentity or Tags parameters: STS takes those from the token's
-//! `https://aws.amazon.com/source_identity` and `https://aws.amazon.com/tags` claims. Setting them
-//! from the daemon needs a chained, signed AssumeRole with these credentials; that would go in
-//! [`CredentialBroker::credentials`] after the web-identity call.
+//! `https://aws.amazon.com/source_identity` and `https://aws.amazon.com/tags` claims, which the
+//! daemon cannot set, and the session id does not exist yet when the token is minted. So the
+//! daemon assumes the same role once more with the web-identity credentials (role chaining),
+//! passing SourceIdentity = subject (see [`source_identity`]) and the transitive session tags
+//! [`SESSION_TAG`] and [`SUBJECT_TAG`]. STS keeps SourceIdentity and transitive tags on every
+//! session chained from there, so an agent assuming further roles cannot shed them. AWS caps a
+//! chained session at one hour ([`MAX_CHAINED_DURATION`]), so those credentials are renewed
+//! hourly even when `aws.session_duration` is longer.
 
 use std::{
     collections::HashMap,
@@ -24,9 +32,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_sts::{
     config::{BehaviorVersion, Region},
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
-    operation::assume_role_with_web_identity::{
-        AssumeRoleWithWebIdentityError, AssumeRoleWithWebIdentityOutput,
-    },
+    types::Tag,
 };
 use aws_smithy_runtime_api::client::{
     http::{
@@ -48,17 +54,34 @@ use crate::{config::AwsConfig, tls};
 pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(2 * 60);
 /// Longest RoleSessionName STS accepts.
 pub const MAX_ROLE_SESSION_NAME: usize = 64;
+/// Longest SourceIdentity STS accepts (and the shortest is 2).
+pub const MAX_SOURCE_IDENTITY: usize = 64;
+/// Longest session tag value STS accepts.
+pub const MAX_TAG_VALUE: usize = 256;
+/// Longest session AWS grants to a role assumed with role-session credentials (role chaining).
+pub const MAX_CHAINED_DURATION: Duration = Duration::from_secs(60 * 60);
+/// Session tag holding the interceptor session id.
+pub const SESSION_TAG: &str = "interceptor:session";
+/// Session tag holding the identity's subject.
+pub const SUBJECT_TAG: &str = "interceptor:subject";
 /// Provider name recorded in the credentials (shows in SDK debug output).
 const PROVIDER_NAME: &str = "interceptor-sts";
+const WEB_IDENTITY_ACTION: &str = "AssumeRoleWithWebIdentity";
+const CHAINED_ACTION: &str = "AssumeRole";
+/// Told with a refused chained AssumeRole: the usual cause is the trust policy.
+const CHAIN_HINT: &str = "the role's trust policy must allow the role itself sts:AssumeRole, \
+                          sts:SetSourceIdentity and sts:TagSession (or set aws.tag_sessions = \
+                          false)";
 
 /// What to assume, for whom.
 #[derive(Debug, Clone)]
 pub struct AssumeRequest {
-    /// The interceptor session; part of the cache key and of the RoleSessionName.
+    /// The interceptor session; part of the cache key, the RoleSessionName and a session tag.
     pub session_id: String,
     /// The role to assume.
     pub role_arn: String,
-    /// The validated identity's subject (`Identity::subject`), named in the RoleSessionName.
+    /// The validated identity's subject (`Identity::subject`), named in the RoleSessionName,
+    /// the SourceIdentity and a session tag.
     pub subject: String,
     /// The raw OIDC token, sent to STS as WebIdentityToken.
     pub web_identity_token: String,
@@ -71,17 +94,29 @@ pub enum StsError {
     #[error("cannot set up TLS to STS: {0}")]
     Tls(#[from] tls::TlsError),
     /// STS answered with an error: InvalidIdentityToken, ExpiredTokenException, AccessDenied...
-    #[error("STS refused AssumeRoleWithWebIdentity on {role_arn}: {code}: {message}")]
-    Refused { role_arn: String, code: String, message: String },
+    /// `action` is AssumeRoleWithWebIdentity or the chained AssumeRole; `hint` says what to
+    /// check when the cause is known.
+    #[error("STS refused {action} on {role_arn}: {code}: {message}{}", hint_suffix(*.hint))]
+    Refused {
+        action: &'static str,
+        role_arn: String,
+        code: String,
+        message: String,
+        hint: Option<&'static str>,
+    },
     /// No answer from STS.
     #[error("STS unreachable at {endpoint}: {cause}")]
     Unreachable { endpoint: String, cause: String },
-    /// STS answered something that is not an AssumeRoleWithWebIdentity result.
+    /// STS answered something that is not a result of the call made.
     #[error("malformed answer from STS at {endpoint}: {reason}")]
     MalformedAnswer { endpoint: String, reason: String },
     /// The SDK refused to build the request (a parameter STS would refuse too).
-    #[error("cannot build the AssumeRoleWithWebIdentity request for {role_arn}: {reason}")]
-    InvalidRequest { role_arn: String, reason: String },
+    #[error("cannot build the {action} request for {role_arn}: {reason}")]
+    InvalidRequest { action: &'static str, role_arn: String, reason: String },
+}
+
+fn hint_suffix(hint: Option<&str>) -> String {
+    hint.map(|hint| format!(" ({hint})")).unwrap_or_default()
 }
 
 /// Gets and caches each session's role credentials.
@@ -89,6 +124,8 @@ pub enum StsError {
 pub struct CredentialBroker {
     client: aws_sdk_sts::Client,
     duration: Duration,
+    /// `aws.tag_sessions`: chain an AssumeRole carrying SourceIdentity and session tags.
+    tag_sessions: bool,
     /// Where STS calls go, for error messages.
     endpoint: String,
     cache: Mutex<HashMap<CacheKey, Slot>>,
@@ -100,8 +137,8 @@ struct CacheKey {
     role_arn: String,
 }
 
-/// One (session, role)'s credentials. The async lock is held during the STS call, so concurrent
-/// requests of a session wait for that one call instead of making their own.
+/// One (session, role)'s credentials. The async lock is held during the STS calls, so
+/// concurrent requests of a session wait for them instead of making their own.
 type Slot = Arc<tokio::sync::Mutex<Option<Credentials>>>;
 
 impl CredentialBroker {
@@ -109,6 +146,7 @@ impl CredentialBroker {
     pub fn new(config: &AwsConfig) -> Result<Self, StsError> {
         let tls = tls::client_config(config.upstream_ca_file.as_deref())?;
         let http = StsHttpClient { http: HttpClient::new(tls), upstream: config.upstream.clone() };
+        // No credentials provider: the one call that is signed gets its keys per call.
         let sts_config = aws_sdk_sts::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
@@ -121,6 +159,7 @@ impl CredentialBroker {
         Ok(Self {
             client: aws_sdk_sts::Client::from_conf(sts_config),
             duration: config.session_duration,
+            tag_sessions: config.tag_sessions,
             endpoint,
             cache: Mutex::new(HashMap::new()),
         })
@@ -129,10 +168,10 @@ impl CredentialBroker {
     /// Credentials for `request`'s session and role: the cached ones while they have more than
     /// [`REFRESH_BEFORE_EXPIRY`] left, else new ones from STS.
     ///
-    /// Concurrent calls for one session and role wait for a single STS call. If it fails, each
-    /// waiter then tries once itself (an outage costs one timeout per waiting request, not a
-    /// cached error). A call in flight when [`forget`](Self::forget) runs still returns its
-    /// credentials; the caller checks the session is alive before using them.
+    /// Concurrent calls for one session and role wait for a single round of STS calls. If it
+    /// fails, each waiter then tries once itself (an outage costs one timeout per waiting
+    /// request, not a cached error). A call in flight when [`forget`](Self::forget) runs still
+    /// returns its credentials; the caller checks the session is alive before using them.
     pub async fn credentials(&self, request: &AssumeRequest) -> Result<Credentials, StsError> {
         let slot = self.slot(request);
         let mut cached = slot.lock().await;
@@ -162,7 +201,18 @@ impl CredentialBroker {
 
     async fn assume(&self, request: &AssumeRequest) -> Result<Credentials, StsError> {
         let session_name = role_session_name(&request.subject, &request.session_id);
-        let duration = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
+        let web_identity = self.assume_with_web_identity(request, &session_name).await?;
+        if !self.tag_sessions {
+            return Ok(web_identity);
+        }
+        self.assume_chained(request, &session_name, web_identity).await
+    }
+
+    async fn assume_with_web_identity(
+        &self,
+        request: &AssumeRequest,
+        session_name: &str,
+    ) -> Result<Credentials, StsError> {
         tracing::debug!(
             session = %request.session_id,
             role = %request.role_arn,
@@ -175,22 +225,58 @@ impl CredentialBroker {
             .role_arn(&request.role_arn)
             .role_session_name(session_name)
             .web_identity_token(&request.web_identity_token)
-            .duration_seconds(duration)
+            .duration_seconds(duration_seconds(self.duration))
             .send()
             .await
-            .map_err(|err| self.sdk_error(&request.role_arn, err))?;
-        self.credentials_from(output)
+            .map_err(|err| self.sdk_error(WEB_IDENTITY_ACTION, &request.role_arn, err))?;
+        self.credentials_from(output.credentials())
+    }
+
+    /// AssumeRole on the same role, signed with the web-identity credentials, carrying
+    /// SourceIdentity and the transitive session tags.
+    async fn assume_chained(
+        &self,
+        request: &AssumeRequest,
+        session_name: &str,
+        web_identity: Credentials,
+    ) -> Result<Credentials, StsError> {
+        let source_identity = source_identity(&request.subject);
+        tracing::debug!(
+            session = %request.session_id,
+            role = %request.role_arn,
+            session_name,
+            source_identity,
+            "AssumeRole (chained, tagged)"
+        );
+        let mut call = self
+            .client
+            .assume_role()
+            .role_arn(&request.role_arn)
+            .role_session_name(session_name)
+            .source_identity(source_identity)
+            .duration_seconds(duration_seconds(self.duration.min(MAX_CHAINED_DURATION)));
+        for tag in session_tags(request)? {
+            call = call.transitive_tag_keys(tag.key()).tags(tag);
+        }
+        let signer = aws_sdk_sts::config::Builder::default().credentials_provider(web_identity);
+        let output = call
+            .customize()
+            .config_override(signer)
+            .send()
+            .await
+            .map_err(|err| self.sdk_error(CHAINED_ACTION, &request.role_arn, err))?;
+        self.credentials_from(output.credentials())
     }
 
     fn credentials_from(
         &self,
-        output: AssumeRoleWithWebIdentityOutput,
+        sts: Option<&aws_sdk_sts::types::Credentials>,
     ) -> Result<Credentials, StsError> {
         let malformed = |reason: &str| StsError::MalformedAnswer {
             endpoint: self.endpoint.clone(),
             reason: reason.to_owned(),
         };
-        let sts = output.credentials().ok_or_else(|| malformed("it holds no Credentials"))?;
+        let sts = sts.ok_or_else(|| malformed("it holds no Credentials"))?;
         let expires = SystemTime::try_from(*sts.expiration())
             .map_err(|_| malformed("its Expiration is not a representable time"))?;
         if sts.access_key_id().is_empty() || sts.secret_access_key().is_empty() {
@@ -205,21 +291,34 @@ impl CredentialBroker {
         ))
     }
 
-    fn sdk_error(&self, role_arn: &str, err: SdkError<AssumeRoleWithWebIdentityError>) -> StsError {
+    fn sdk_error<E>(
+        &self,
+        action: &'static str,
+        role_arn: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> StsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
         let endpoint = self.endpoint.clone();
         match err {
             SdkError::ServiceError(service) => {
-                let err = service.err();
+                let (err, raw) = (service.err(), service.raw());
+                // AWS's message names the permission the trust policy lacks; say where to fix it.
+                let denied_chain = action == CHAINED_ACTION && raw.status().as_u16() == 403;
                 StsError::Refused {
+                    action,
                     role_arn: role_arn.to_owned(),
                     code: err.code().unwrap_or("Unknown").to_owned(),
-                    message: err.message().unwrap_or("(no message)").to_owned(),
+                    message: err.message().map_or_else(|| unparsed_answer(raw), str::to_owned),
+                    hint: denied_chain.then_some(CHAIN_HINT),
                 }
             }
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 StsError::Unreachable { endpoint, cause: DisplayErrorContext(&err).to_string() }
             }
             SdkError::ConstructionFailure(_) => StsError::InvalidRequest {
+                action,
                 role_arn: role_arn.to_owned(),
                 reason: DisplayErrorContext(&err).to_string(),
             },
@@ -229,6 +328,34 @@ impl CredentialBroker {
             },
         }
     }
+}
+
+/// An error answer the SDK could not read (not STS's `<ErrorResponse><Error>` shape): its status
+/// and the start of its body, so the operator still sees what the server said.
+fn unparsed_answer(raw: &HttpResponse) -> String {
+    const SHOWN: usize = 400;
+    let body = raw.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+    let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let cut: String = body.chars().take(SHOWN).collect();
+    format!("HTTP {}, unreadable error answer: {cut}", raw.status().as_u16())
+}
+
+fn duration_seconds(duration: Duration) -> i32 {
+    i32::try_from(duration.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// The session tags of the chained AssumeRole: the session id and the subject.
+fn session_tags(request: &AssumeRequest) -> Result<[Tag; 2], StsError> {
+    let tag = |key: &str, value: &str| {
+        Tag::builder().key(key).value(tag_value(value)).build().map_err(|err| {
+            StsError::InvalidRequest {
+                action: CHAINED_ACTION,
+                role_arn: request.role_arn.clone(),
+                reason: format!("session tag {key}: {err}"),
+            }
+        })
+    };
+    Ok([tag(SESSION_TAG, &request.session_id)?, tag(SUBJECT_TAG, &request.subject)?])
 }
 
 fn is_fresh(credentials: &Credentials, now: SystemTime) -> bool {
@@ -250,6 +377,27 @@ pub fn role_session_name(subject: &str, session_id: &str) -> String {
         subject.push('_');
     }
     format!("{subject}@{session}")
+}
+
+/// The SourceIdentity for a subject: 2 to [`MAX_SOURCE_IDENTITY`] characters of
+/// `[A-Za-z0-9_+=,.@-]` as STS requires; other characters become `_`, a longer subject is cut
+/// and a shorter one padded with `_`.
+pub fn source_identity(subject: &str) -> String {
+    let mut identity: String = sanitize(subject, true).chars().take(MAX_SOURCE_IDENTITY).collect();
+    while identity.len() < 2 {
+        identity.push('_');
+    }
+    identity
+}
+
+/// A session tag value STS accepts: at most [`MAX_TAG_VALUE`] characters of
+/// `[A-Za-z0-9 _.:/=+@-]`. STS also takes other Unicode letters, but `_` keeps the packed size
+/// predictable and the value greppable.
+fn tag_value(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || " _.:/=+@-".contains(c) { c } else { '_' })
+        .take(MAX_TAG_VALUE)
+        .collect()
 }
 
 fn sanitize(text: &str, keep_at: bool) -> String {
@@ -335,8 +483,6 @@ fn connector_error(err: FetchError) -> ConnectorError {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
     use crate::identity::test_server::TestServer;
 
@@ -366,50 +512,112 @@ mod tests {
         assert!(name.starts_with("a@s"), "{name}");
     }
 
-    /// A stand-in for STS answering AssumeRoleWithWebIdentity; counts calls and keeps the last
-    /// request seen.
+    #[test]
+    fn source_identity_fits_sts_rules() {
+        assert_eq!(source_identity("alice@example.com"), "alice@example.com");
+        assert_eq!(source_identity("ci bot/main:job"), "ci_bot_main_job");
+        assert_eq!(source_identity(""), "__");
+        assert_eq!(source_identity("a"), "a_");
+        assert_eq!(source_identity(&"x".repeat(100)).len(), MAX_SOURCE_IDENTITY);
+    }
+
+    #[test]
+    fn tag_values_and_keys_fit_sts_rules() {
+        assert_eq!(tag_value("alice@example.com"), "alice@example.com");
+        assert_eq!(tag_value("zoë <x>"), "zo_ _x_");
+        assert_eq!(tag_value(&"x".repeat(300)).len(), MAX_TAG_VALUE);
+        for key in [SESSION_TAG, SUBJECT_TAG] {
+            assert!(key.len() <= 128 && !key.starts_with("aws:"), "{key}");
+            assert_eq!(tag_value(key), key, "a tag key uses only allowed characters");
+        }
+    }
+
+    /// How the fake STS answers.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Credentials living this long, for both actions.
+        Issue(Duration),
+        /// AssumeRoleWithWebIdentity fails (an expired token).
+        RefuseWebIdentity,
+        /// AssumeRoleWithWebIdentity succeeds, the chained AssumeRole is denied.
+        RefuseChain,
+        /// As `RefuseChain`, in a shape the SDK cannot read (moto's `<Errors><Error>`).
+        RefuseChainNested,
+    }
+
+    /// A stand-in for STS answering AssumeRoleWithWebIdentity and AssumeRole; keeps every
+    /// request seen, in order.
     struct FakeSts {
-        calls: Arc<AtomicUsize>,
-        last: Arc<Mutex<Option<http::Request<bytes::Bytes>>>>,
+        seen: Arc<Mutex<Vec<http::Request<bytes::Bytes>>>>,
         server: TestServer,
     }
 
     impl FakeSts {
-        /// `lifetime`: how long the issued credentials live; `None` answers an STS error.
-        async fn start(lifetime: Option<Duration>) -> Self {
-            let calls = Arc::new(AtomicUsize::new(0));
-            let last = Arc::new(Mutex::new(None));
-            let (counter, seen) = (calls.clone(), last.clone());
-            let server = TestServer::start(Arc::new(move |request| {
-                let call = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                *seen.lock().unwrap() = Some(request);
-                match lifetime {
-                    Some(lifetime) => http::Response::new(success_xml(call, lifetime)),
-                    None => http::Response::builder().status(400).body(ERROR_XML.into()).unwrap(),
+        async fn start(answer: Answer) -> Self {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let log = seen.clone();
+            let server = TestServer::start(Arc::new(move |request: http::Request<bytes::Bytes>| {
+                let body = String::from_utf8_lossy(request.body()).into_owned();
+                let mut log = log.lock().unwrap();
+                log.push(request);
+                let call = log.len();
+                let chained = !body.contains("Action=AssumeRoleWithWebIdentity");
+                let error = |status: u16, xml: &str| {
+                    http::Response::builder().status(status).body(xml.to_owned()).unwrap()
+                };
+                match (answer, chained) {
+                    (Answer::RefuseWebIdentity, false) => error(400, WEB_IDENTITY_ERROR_XML),
+                    (Answer::RefuseChain, true) => error(403, CHAIN_ERROR_XML),
+                    (Answer::RefuseChainNested, true) => error(403, NESTED_ERROR_XML),
+                    (Answer::Issue(lifetime), _) => {
+                        http::Response::new(success_xml(chained, call, lifetime))
+                    }
+                    (_, chained) => {
+                        http::Response::new(success_xml(chained, call, Duration::from_secs(3600)))
+                    }
                 }
             }))
             .await;
-            Self { calls, last, server }
+            Self { seen, server }
         }
 
         fn broker(&self) -> CredentialBroker {
-            let upstream = url::Url::parse(&self.server.url()).unwrap();
-            CredentialBroker::new(&AwsConfig { upstream: Some(upstream), ..AwsConfig::default() })
-                .unwrap()
+            self.broker_with(AwsConfig::default())
         }
 
-        fn calls(&self) -> usize {
-            self.calls.load(Ordering::SeqCst)
+        fn broker_with(&self, config: AwsConfig) -> CredentialBroker {
+            let upstream = url::Url::parse(&self.server.url()).unwrap();
+            CredentialBroker::new(&AwsConfig { upstream: Some(upstream), ..config }).unwrap()
+        }
+
+        /// Bodies of the requests seen, in order.
+        fn bodies(&self) -> Vec<String> {
+            let seen = self.seen.lock().unwrap();
+            seen.iter().map(|r| String::from_utf8_lossy(r.body()).into_owned()).collect()
+        }
+
+        /// How many times credentials were fetched (web-identity calls).
+        fn fetches(&self) -> usize {
+            self.bodies().iter().filter(|b| b.contains("Action=AssumeRoleWithWebIdentity")).count()
+        }
+
+        fn header(&self, index: usize, name: &str) -> Option<String> {
+            let seen = self.seen.lock().unwrap();
+            seen[index].headers().get(name).map(|v| v.to_str().unwrap().to_owned())
         }
     }
 
-    fn success_xml(call: usize, lifetime: Duration) -> String {
+    /// Web-identity calls issue `ASIAWEB<n>`, chained ones `ASIACHAIN<n>` (n: the call number).
+    fn success_xml(chained: bool, call: usize, lifetime: Duration) -> String {
         let expiry = humantime::format_rfc3339_seconds(SystemTime::now() + lifetime);
+        let (action, key) = if chained {
+            ("AssumeRole", format!("ASIACHAIN{call}"))
+        } else {
+            ("AssumeRoleWithWebIdentity", format!("ASIAWEB{call}"))
+        };
         format!(
-            r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-  <AssumeRoleWithWebIdentityResult>
-    <SubjectFromWebIdentityToken>alice</SubjectFromWebIdentityToken>
-    <Audience>interceptor</Audience>
+            r#"<{action}Response xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <{action}Result>
     <AssumedRoleUser>
       <Arn>arn:aws:sts::111122223333:assumed-role/agent/alice@s-1</Arn>
       <AssumedRoleId>AROAEXAMPLE:alice@s-1</AssumedRoleId>
@@ -418,21 +626,35 @@ mod tests {
       <SessionToken>token-{call}</SessionToken>
       <SecretAccessKey>secret-{call}</SecretAccessKey>
       <Expiration>{expiry}</Expiration>
-      <AccessKeyId>ASIAFAKE{call}</AccessKeyId>
+      <AccessKeyId>{key}</AccessKeyId>
     </Credentials>
-    <Provider>idp.test</Provider>
-  </AssumeRoleWithWebIdentityResult>
+  </{action}Result>
   <ResponseMetadata><RequestId>req-{call}</RequestId></ResponseMetadata>
-</AssumeRoleWithWebIdentityResponse>"#
+</{action}Response>"#
         )
     }
 
-    const ERROR_XML: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-  <Error>
-    <Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Token is expired</Message>
-  </Error>
-  <RequestId>req-err</RequestId>
-</ErrorResponse>"#;
+    const WEB_IDENTITY_ERROR_XML: &str = concat!(
+        r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>"#,
+        "<Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Token is expired</Message>",
+        "</Error><RequestId>req-err</RequestId></ErrorResponse>"
+    );
+
+    /// What STS answers when the trust policy lacks sts:TagSession.
+    const CHAIN_ERROR_XML: &str = concat!(
+        r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>"#,
+        "<Type>Sender</Type><Code>AccessDenied</Code><Message>User: ",
+        "arn:aws:sts::111122223333:assumed-role/agent/alice@s-1 is not authorized to perform: ",
+        "sts:TagSession on resource: arn:aws:iam::111122223333:role/agent</Message>",
+        "</Error><RequestId>req-err</RequestId></ErrorResponse>"
+    );
+
+    const NESTED_ERROR_XML: &str = concat!(
+        r#"<?xml version="1.0" encoding="utf-8"?>"#,
+        "<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: ",
+        "arn:aws:sts::111122223333:assumed-role/agent/alice@s-1 is not authorized to perform: ",
+        "sts:AssumeRole</Message><Type>Sender</Type></Error></Errors></ErrorResponse>"
+    );
 
     fn request(session_id: &str) -> AssumeRequest {
         AssumeRequest {
@@ -443,34 +665,98 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn credentials_come_from_an_unsigned_call_to_the_upstream() {
-        let sts = FakeSts::start(Some(Duration::from_secs(3600))).await;
+    fn form_param(body: &str, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(body.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
 
-        let credentials = sts.broker().credentials(&request("s-1")).await.unwrap();
-
-        assert_eq!(credentials.access_key_id(), "ASIAFAKE1");
-        assert_eq!(credentials.secret_access_key(), "secret-1");
-        assert_eq!(credentials.session_token(), Some("token-1"));
-        assert!(credentials.expiry().unwrap() > SystemTime::now() + Duration::from_secs(3000));
-
-        let seen = sts.last.lock().unwrap().take().unwrap();
-        assert_eq!(seen.headers()["host"], "sts.us-east-1.amazonaws.com");
-        assert!(seen.headers().get("authorization").is_none(), "the call must be unsigned");
-        let body = String::from_utf8(seen.body().to_vec()).unwrap();
-        for part in [
-            "Action=AssumeRoleWithWebIdentity",
-            "RoleSessionName=alice%40s-1",
-            "DurationSeconds=900",
-            "WebIdentityToken=header.claims.signature",
-        ] {
+    fn assert_contains_all(body: &str, parts: &[&str]) {
+        for part in parts {
             assert!(body.contains(part), "{part} missing from {body}");
         }
     }
 
     #[tokio::test]
-    async fn concurrent_requests_of_a_session_make_one_call_until_forgotten() {
-        let sts = FakeSts::start(Some(Duration::from_secs(3600))).await;
+    async fn web_identity_call_is_unsigned_and_sent_to_the_upstream() {
+        let sts = FakeSts::start(Answer::Issue(Duration::from_secs(3600))).await;
+
+        sts.broker().credentials(&request("s-1")).await.unwrap();
+
+        assert_eq!(sts.header(0, "host").as_deref(), Some("sts.us-east-1.amazonaws.com"));
+        assert!(sts.header(0, "authorization").is_none(), "the call must be unsigned");
+        assert_contains_all(&sts.bodies()[0], &[
+            "Action=AssumeRoleWithWebIdentity",
+            "RoleSessionName=alice%40s-1",
+            "DurationSeconds=900",
+            "WebIdentityToken=header.claims.signature",
+        ]);
+    }
+
+    #[tokio::test]
+    async fn chained_call_is_signed_with_the_web_identity_key_and_tags_the_session() {
+        let sts = FakeSts::start(Answer::Issue(Duration::from_secs(3600))).await;
+        let request = AssumeRequest { subject: "alice@example.com".into(), ..request("s-1") };
+
+        let credentials = sts.broker().credentials(&request).await.unwrap();
+
+        assert_eq!(sts.bodies().len(), 2);
+        let authorization = sts.header(1, "authorization").expect("the chained call is signed");
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=ASIAWEB1/"),
+            "signed with the web-identity key: {authorization}"
+        );
+        assert!(authorization.contains("/us-east-1/sts/aws4_request"), "{authorization}");
+        assert_eq!(sts.header(1, "x-amz-security-token").as_deref(), Some("token-1"));
+        assert_eq!(sts.header(1, "host").as_deref(), Some("sts.us-east-1.amazonaws.com"));
+        assert_contains_all(&sts.bodies()[1], &[
+            "Action=AssumeRole&",
+            "RoleArn=arn%3Aaws%3Aiam%3A%3A111122223333%3Arole%2Fagent",
+            "RoleSessionName=alice%40example.com%40s-1",
+            "SourceIdentity=alice%40example.com",
+            "Tags.member.1.Key=interceptor%3Asession",
+            "Tags.member.1.Value=s-1",
+            "Tags.member.2.Key=interceptor%3Asubject",
+            "Tags.member.2.Value=alice%40example.com",
+            "TransitiveTagKeys.member.1=interceptor%3Asession",
+            "TransitiveTagKeys.member.2=interceptor%3Asubject",
+            "DurationSeconds=900",
+        ]);
+
+        assert_eq!(credentials.access_key_id(), "ASIACHAIN2");
+        assert_eq!(credentials.secret_access_key(), "secret-2");
+        assert_eq!(credentials.session_token(), Some("token-2"));
+        assert!(credentials.expiry().unwrap() > SystemTime::now() + Duration::from_secs(3000));
+    }
+
+    #[tokio::test]
+    async fn chained_duration_is_capped_at_one_hour() {
+        let sts = FakeSts::start(Answer::Issue(Duration::from_secs(3600))).await;
+        let config =
+            AwsConfig { session_duration: Duration::from_secs(8 * 3600), ..AwsConfig::default() };
+
+        sts.broker_with(config).credentials(&request("s-1")).await.unwrap();
+
+        let bodies = sts.bodies();
+        assert_eq!(form_param(&bodies[0], "DurationSeconds").as_deref(), Some("28800"));
+        assert_eq!(form_param(&bodies[1], "DurationSeconds").as_deref(), Some("3600"));
+    }
+
+    #[tokio::test]
+    async fn without_tag_sessions_only_the_web_identity_call_is_made() {
+        let sts = FakeSts::start(Answer::Issue(Duration::from_secs(3600))).await;
+        let config = AwsConfig { tag_sessions: false, ..AwsConfig::default() };
+
+        let credentials = sts.broker_with(config).credentials(&request("s-1")).await.unwrap();
+
+        assert_eq!(sts.bodies().len(), 1);
+        assert_eq!(credentials.access_key_id(), "ASIAWEB1");
+        assert_eq!(credentials.session_token(), Some("token-1"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_of_a_session_make_one_fetch_until_forgotten() {
+        let sts = FakeSts::start(Answer::Issue(Duration::from_secs(3600))).await;
         let broker = Arc::new(sts.broker());
 
         let tasks: Vec<_> = (0..8)
@@ -480,33 +766,33 @@ mod tests {
             })
             .collect();
         for task in tasks {
-            assert_eq!(task.await.unwrap().access_key_id(), "ASIAFAKE1");
+            assert_eq!(task.await.unwrap().access_key_id(), "ASIACHAIN2");
         }
-        assert_eq!(sts.calls(), 1);
+        assert_eq!(sts.bodies().len(), 2, "one web-identity call and one chained call");
 
         broker.credentials(&request("s-2")).await.unwrap();
-        assert_eq!(sts.calls(), 2, "another session has its own credentials");
+        assert_eq!(sts.fetches(), 2, "another session has its own credentials");
 
         broker.forget("s-1");
         let renewed = broker.credentials(&request("s-1")).await.unwrap();
-        assert_eq!(sts.calls(), 3);
-        assert_eq!(renewed.access_key_id(), "ASIAFAKE3");
+        assert_eq!(sts.fetches(), 3);
+        assert_eq!(renewed.access_key_id(), "ASIACHAIN6");
     }
 
     #[tokio::test]
     async fn credentials_near_expiry_are_renewed() {
-        let sts = FakeSts::start(Some(REFRESH_BEFORE_EXPIRY / 2)).await;
+        let sts = FakeSts::start(Answer::Issue(REFRESH_BEFORE_EXPIRY / 2)).await;
         let broker = sts.broker();
 
         broker.credentials(&request("s-1")).await.unwrap();
         broker.credentials(&request("s-1")).await.unwrap();
 
-        assert_eq!(sts.calls(), 2);
+        assert_eq!(sts.fetches(), 2);
     }
 
     #[tokio::test]
     async fn sts_refusal_carries_its_code_and_message() {
-        let sts = FakeSts::start(None).await;
+        let sts = FakeSts::start(Answer::RefuseWebIdentity).await;
 
         let err = sts.broker().credentials(&request("s-1")).await.unwrap_err();
 
@@ -514,6 +800,34 @@ mod tests {
         assert_eq!(code, "InvalidIdentityToken");
         assert_eq!(message, "Token is expired");
         assert!(err.to_string().contains(ROLE), "{err}");
+        assert_eq!(sts.bodies().len(), 1, "no chained call without web-identity credentials");
+    }
+
+    #[tokio::test]
+    async fn refused_chain_names_the_missing_permission_and_the_fix() {
+        let sts = FakeSts::start(Answer::RefuseChain).await;
+
+        let err = sts.broker().credentials(&request("s-1")).await.unwrap_err();
+
+        let StsError::Refused { action, code, .. } = &err else { panic!("{err:?}") };
+        assert_eq!((*action, code.as_str()), ("AssumeRole", "AccessDenied"));
+        let text = err.to_string();
+        assert!(text.contains("STS refused AssumeRole on"), "{text}");
+        assert!(text.contains("not authorized to perform: sts:TagSession"), "{text}");
+        assert!(text.contains("aws.tag_sessions = false"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn unreadable_refusal_still_shows_what_sts_said() {
+        let sts = FakeSts::start(Answer::RefuseChainNested).await;
+
+        let err = sts.broker().credentials(&request("s-1")).await.unwrap_err();
+
+        assert!(matches!(err, StsError::Refused { action: "AssumeRole", .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("HTTP 403"), "{text}");
+        assert!(text.contains("not authorized to perform: sts:AssumeRole"), "{text}");
+        assert!(text.contains("aws.tag_sessions = false"), "{text}");
     }
 
     #[tokio::test]
