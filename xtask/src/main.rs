@@ -53,7 +53,9 @@ fn main() -> anyhow::Result<()> {
         Task::E2e { args } => (root.join("tests/e2e/run"), args),
         Task::Test => (root.join("scripts/test"), Vec::new()),
         Task::Demo => (root.join("scripts/demo"), Vec::new()),
-        Task::Bench { quick, runs, args } => (root.join("scripts/bench"), bench_args(quick, runs, args)),
+        Task::Bench { quick, runs, args } => {
+            (root.join("scripts/bench"), bench_args(quick, runs, args))
+        }
     };
     let status = Command::new(&program)
         .args(&args)
