@@ -528,7 +528,7 @@ fn presigned_signature(head: &Parts) -> Option<ClientSignature> {
 }
 
 /// Parses `AWS4-HMAC-SHA256 Credential=AKID/date/region/service/aws4_request, ...`.
-pub(crate) fn parse_authorization(value: &str) -> Result<ClientSignature, RequestError> {
+pub fn parse_authorization(value: &str) -> Result<ClientSignature, RequestError> {
     let value = value.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     match scheme {

@@ -245,14 +245,8 @@ async fn plain_http_host(stream: &TcpStream) -> Option<String> {
     loop {
         let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
         let head = &buf[..n];
-        if head.starts_with(b"PRI * HTTP/2.0") {
-            return None;
-        }
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            return std::str::from_utf8(&head[..end]).ok()?.lines().skip(1).find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.trim().eq_ignore_ascii_case("host").then(|| value.trim().to_ascii_lowercase())
-            });
+        if head.starts_with(H2_PREFACE) || head_end(head).is_some() {
+            return host_header(head);
         }
         if n == MAX_PLAIN_HEAD || n == 0 {
             return None;
@@ -262,6 +256,29 @@ async fn plain_http_host(stream: &TcpStream) -> Option<String> {
         }
         seen = n;
     }
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Where the blank line that ends an HTTP/1 request head starts, if it has arrived.
+fn head_end(head: &[u8]) -> Option<usize> {
+    head.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// The Host header of a plain-HTTP request head, trimmed and lower-cased. `head` is what was
+/// peeked: only the bytes before its blank line are read (all of them when it has none). None
+/// for an HTTP/2 preface, a head without Host, or a head that is not UTF-8.
+pub fn host_header(head: &[u8]) -> Option<String> {
+    if head.starts_with(H2_PREFACE) {
+        return None;
+    }
+    let head = &head[..head_end(head).unwrap_or(head.len())];
+    // The first line is the request line; a header line without a colon is skipped.
+    std::str::from_utf8(head).ok()?.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("host").then(|| value.trim().to_ascii_lowercase())
+    })
 }
 
 /// Waits until the first bytes tell what the connection speaks, without consuming them.
