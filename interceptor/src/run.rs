@@ -90,18 +90,9 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<Infallible> {
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     agent_environment(&mut command, &session);
-    if let Some(user) = user {
-        command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
-        let name = std::ffi::CString::new(user.name.clone()).context("user name")?;
-        let gid = user.gid;
-        // SAFETY: runs in the child before exec; initgroups only reads the group database and
-        // sets this process's supplementary groups, as `su` would.
-        unsafe {
-            command.pre_exec(move || {
-                nix::unistd::initgroups(&name, gid).map_err(std::io::Error::from)
-            });
-        }
+    if let Some(user) = &user {
         command.env("HOME", &user.dir).env("USER", &user.name).env("LOGNAME", &user.name);
+        drop_privileges(user)?;
     }
     let err = command.exec();
     bail!("cannot start {}: {err}", describe_command(&args.command))
@@ -124,6 +115,17 @@ fn agent_environment(command: &mut Command, session: &OpenedSession) {
         .env("CURL_CA_BUNDLE", &session.ca_bundle)
         .env("NODE_EXTRA_CA_CERTS", &session.ca_file)
         .env("INTERCEPTOR_SESSION", &session.id);
+}
+
+/// Becomes `user` for good: supplementary groups, group, then user, in the order that leaves
+/// no way back (this process is about to exec the agent, and stays in the session's cgroup).
+fn drop_privileges(user: &nix::unistd::User) -> anyhow::Result<()> {
+    let name = std::ffi::CString::new(user.name.clone()).context("user name")?;
+    nix::unistd::initgroups(&name, user.gid)
+        .with_context(|| format!("setting the groups of {}", user.name))?;
+    nix::unistd::setgid(user.gid).with_context(|| format!("setting gid {}", user.gid))?;
+    nix::unistd::setuid(user.uid).with_context(|| format!("setting uid {}", user.uid))?;
+    Ok(())
 }
 
 fn lookup_user(user: &str) -> anyhow::Result<nix::unistd::User> {
