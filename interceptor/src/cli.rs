@@ -157,10 +157,27 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("interceptor: {err:#}");
+            eprintln!("interceptor: {}", describe_error(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many of our error messages already
+/// name their cause, which the chain would otherwise print a second time.
+fn describe_error(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
@@ -175,7 +192,13 @@ fn init_logging(daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INTERCEPTOR_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: a daemon's stderr usually goes to a log file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// Sends one request; a refusal from the daemon becomes an error with its message.
@@ -205,13 +228,13 @@ fn sessions(config: &Config, args: SessionsArgs) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<16} {:<24} {:<20} {:<12} {:>8} {:>6} {:>4}  STARTED  ROLE",
-        "ID", "IDENTITY", "GROUPS", "PIDS", "REQUESTS", "DENIED", "HELD")?;
+    writeln!(out, "{:<16} {:<16} {:<24} {:<20} {:<12} {:>8} {:>6} {:>4}  STARTED  ROLE",
+        "ID", "NAME", "IDENTITY", "GROUPS", "PIDS", "REQUESTS", "DENIED", "HELD")?;
     for s in sessions {
         let pids: Vec<String> = s.pids.iter().map(u32::to_string).collect();
-        writeln!(out, "{:<16} {:<24} {:<20} {:<12} {:>8} {:>6} {:>4}  {}  {}",
-            s.id, s.subject, s.groups.join(","), pids.join(","), s.requests, s.denied, s.held,
-            format_started(s.started), s.role_arn)?;
+        writeln!(out, "{:<16} {:<16} {:<24} {:<20} {:<12} {:>8} {:>6} {:>4}  {}  {}",
+            s.id, s.name.as_deref().unwrap_or("-"), s.subject, s.groups.join(","), pids.join(","),
+            s.requests, s.denied, s.held, format_started(s.started), s.role_arn)?;
     }
     Ok(())
 }

@@ -279,7 +279,8 @@ impl Config {
         let duration = self.aws.session_duration.as_secs();
         if !(900..=43_200).contains(&duration) {
             problems.push(format!(
-                "aws.session_duration: {duration}s is outside what STS accepts (15m to 12h)"
+                "aws.session_duration: {} is outside what STS accepts (15m to 12h)",
+                humantime::format_duration(self.aws.session_duration)
             ));
         }
         if let Some(upstream) = &self.aws.upstream

@@ -38,6 +38,7 @@ pub struct Daemon {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_descriptor_limit();
     let cgroup2 = cgroupfs::cgroup2_mount().context("finding the cgroup v2 mount")?;
     let cgroup_root = config.cgroup_root(&cgroup2);
     std::fs::create_dir_all(&config.records.dir)
@@ -170,6 +171,20 @@ fn redirect_settings(config: &Config, cgroup2: &std::path::Path) -> RedirectSett
     );
     settings.pin_dir = settings.pin_dir.join(name);
     settings
+}
+
+/// Every agent connection costs two descriptors (agent and upstream); the usual soft limit of
+/// 1024 would let a few hundred connections exhaust the daemon, so take the hard limit.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(err) => tracing::warn!(error = %err, "open-file limit not raised"),
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "open-file limit unknown"),
+    }
 }
 
 async fn wait_for_stop() -> std::io::Result<()> {

@@ -121,11 +121,12 @@ impl Session {
         procs.lines().filter_map(|line| line.trim().parse().ok()).collect()
     }
 
-    /// True once the cgroup holds no process (or is gone).
+    /// True once the cgroup holds no process (or is gone). A read that fails for another
+    /// reason (the daemon out of descriptors, say) says nothing: the session stays.
     pub fn cgroup_is_empty(&self) -> bool {
         match fs::read_to_string(self.cgroup_dir.join("cgroup.events")) {
             Ok(events) => events.lines().any(|line| line.trim() == "populated 0"),
-            Err(_) => true,
+            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
         }
     }
 

@@ -24,6 +24,9 @@ use crate::{
     session::{NewSession, SessionToken, new_session_id},
 };
 
+/// How long a control client may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who is asking, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
@@ -74,7 +77,12 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream) {
     };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let read = BufReader::new(read).take(MAX_REQUEST_BYTES as u64).read_line(&mut line).await;
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64);
+    let reading = reader.read_line(&mut line);
+    // A client that connects and says nothing must not hold a descriptor for ever.
+    let Ok(read) = tokio::time::timeout(REQUEST_TIMEOUT, reading).await else {
+        return tracing::debug!(uid = peer.uid, "control client sent no request in time");
+    };
     let reply = match read {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {

@@ -25,14 +25,14 @@ pub type CaptureSlot = Arc<Mutex<Captured>>;
 pub type OnEnd = Box<dyn FnOnce() + Send + Sync>;
 
 /// Wraps `inner`; frames pass as they come, nothing is buffered beyond `cap` bytes of copy.
-pub struct CaptureBody<B> {
+pub struct CaptureBody<B: Body> {
     inner: B,
     cap: usize,
     slot: CaptureSlot,
     on_end: Option<OnEnd>,
 }
 
-impl<B> CaptureBody<B> {
+impl<B: Body> CaptureBody<B> {
     pub fn new(inner: B, cap: usize, slot: CaptureSlot, on_end: Option<OnEnd>) -> Self {
         Self { inner, cap, slot, on_end }
     }
@@ -89,11 +89,14 @@ where
     }
 }
 
-impl<B> Drop for CaptureBody<B> {
+impl<B: Body> Drop for CaptureBody<B> {
     fn drop(&mut self) {
-        // Dropped before its end: the agent went away, or the body was never read.
-        if let Some(on_end) = self.on_end.take() {
-            on_end();
+        // hyper never polls a body that is empty from the start (a 200 with Content-Length 0):
+        // that one is complete. Any other body dropped before its end was cut short: the agent
+        // went away, or the body was never read.
+        let complete = self.inner.is_end_stream();
+        if self.on_end.is_some() {
+            self.finish(complete);
         }
     }
 }
@@ -122,6 +125,13 @@ mod tests {
         let captured = slot.lock().unwrap().clone();
         assert_eq!((&captured.kept[..], captured.size, captured.complete), (&b"hello"[..], 11, true));
         assert_eq!(ended.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_never_polled_is_complete() {
+        let slot = CaptureSlot::default();
+        drop(CaptureBody::new(Full::new(Bytes::new()), 5, slot.clone(), Some(Box::new(|| {}))));
+        assert!(slot.lock().unwrap().complete);
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use crate::{
     },
     aws::{
         error::error_response,
-        request::{AwsRequest, Protocol, classify, protocol_hint},
+        request::{AwsRequest, Protocol, RequestError, classify, protocol_hint},
         chunked::ResignedBody,
         sigv4::{Payload, chunk_signed, resign, resign_chunked},
     },
@@ -43,6 +43,10 @@ use crate::{
 /// Largest answer the gateway reads whole to mask it (masked answers are API results: a secret,
 /// a parameter list, an item).
 const MAX_MASKED_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long an API call's body (parameters, at most `gateway.max_api_body_bytes`) may take to
+/// arrive; a client announcing a body it never sends must not hold the request forever.
+const API_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An agent connection idle this long between requests is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -160,6 +164,9 @@ impl Gateway {
         if let Some(bytes) = &api_body {
             exchange.keep_request_body(bytes, request_secrets.as_ref(), cap);
         }
+        if let Some(fields) = &request_secrets {
+            exchange.target = masked_target(&exchange.target, fields);
+        }
         audit.service = Some(aws_request.service.clone());
         audit.region = Some(aws_request.region.clone());
         audit.action = aws_request.action.clone();
@@ -236,7 +243,7 @@ impl Gateway {
         let uri = self
             .upstream
             .uri(&host, path_and_query)
-            .map_err(|err| Refusal::Upstream { host: host.clone(), cause: err.to_string() })?;
+            .map_err(|err| Refusal::Malformed(RequestError::NotAwsHost { host: err.0 }))?;
         let mut upstream_request = Request::from_parts(parts.clone(), upstream_body);
         *upstream_request.uri_mut() = uri;
         *upstream_request.version_mut() = http::Version::HTTP_11;
@@ -350,7 +357,7 @@ impl Gateway {
             groups: session.identity.groups.clone(),
             action: request.action.clone().unwrap_or_else(|| "(unclassified)".into()),
             rule: decision.rule.clone(),
-            params: key_params(request),
+            params: key_params(request, &self.masker()),
             held_since: 0,
             expires_in: timeout.as_secs(),
         };
@@ -383,7 +390,13 @@ impl Gateway {
     async fn read_api_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
         let limit = self.settings.max_api_body_bytes;
         let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-        match limited.collect().await {
+        let Ok(collected) = tokio::time::timeout(API_BODY_TIMEOUT, limited.collect()).await else {
+            return Err(Refusal::BodyRead(format!(
+                "the body did not arrive within {}",
+                humantime::format_duration(API_BODY_TIMEOUT)
+            )));
+        };
+        match collected {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(err) if err.is::<http_body_util::LengthLimitError>() => {
                 Err(Refusal::BodyTooLarge { limit })
@@ -401,7 +414,7 @@ impl Gateway {
         let Some(path) = &session.token_file else {
             return still_valid(token);
         };
-        let Ok(text) = tokio::fs::read_to_string(path).await else {
+        let Some(text) = read_token_file(path).await else {
             return still_valid(token);
         };
         let text = text.trim();
@@ -437,6 +450,24 @@ fn recorded_params(request: &AwsRequest, secret: Option<&MaskFields>) -> Vec<(St
 
 fn millis(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Largest token file the daemon reads: a JWT is a few KiB.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// The agent's token file, if it is a regular file of sensible size. The path comes from the
+/// agent and is read as root, so nothing else (a device, a huge file) is read.
+async fn read_token_file(path: &std::path::Path) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await.ok()?;
+    let meta = file.metadata().await.ok()?;
+    if !meta.is_file() || meta.len() > MAX_TOKEN_FILE_BYTES {
+        tracing::warn!(path = %path.display(), "token file is not a small regular file; ignored");
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES).read_to_string(&mut text).await.ok()?;
+    Some(text)
 }
 
 fn still_valid(token: SessionToken) -> Result<SessionToken, Refusal> {
@@ -602,6 +633,25 @@ impl Drop for AuditGuard<'_> {
     }
 }
 
+/// The request target with the values of secret-bearing query parameters masked.
+fn masked_target(target: &str, fields: &MaskFields) -> String {
+    let Some((path, query)) = target.split_once('?') else { return target.to_owned() };
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if fields.masks_name(&percent_decode(name)) => format!("{name}={MARKER}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", masked.join("&"))
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("n={text}").as_bytes())
+        .next()
+        .map_or_else(|| text.to_owned(), |(_, value)| value.into_owned())
+}
+
 /// Runs `f` when dropped.
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -637,7 +687,8 @@ fn limit_refusal(rule: &Rule, limit: &Limit, exceeded: Charge) -> Refusal {
 }
 
 /// The parameters an approver needs to see, `name=value`, at most a handful.
-fn key_params(request: &AwsRequest) -> Vec<String> {
+fn key_params(request: &AwsRequest, masker: &Masker) -> Vec<String> {
+    let secret = masker.request_fields_for(request.action.as_deref());
     const SHOWN: usize = 8;
     let mut shown: Vec<String> = Vec::new();
     if let Some(bucket) = &request.bucket {
@@ -651,7 +702,10 @@ fn key_params(request: &AwsRequest) -> Vec<String> {
             shown.push("...".to_owned());
             break;
         }
-        if let Some(value) = value.as_str() {
+        let masked = secret.as_ref().is_some_and(|fields| fields.masks_name(name));
+        if masked {
+            shown.push(format!("{name}={MARKER}"));
+        } else if let Some(value) = value.as_str() {
             shown.push(format!("{name}={value}"));
         }
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use http::Uri;
+
 use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -23,6 +24,14 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Idle pooled upstream connections are closed after this long; AWS closes them near 60 s.
 const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
 
+/// An agent's Host that is not an AWS host name; the call is refused, never sent anywhere.
+#[derive(Debug, thiserror::Error)]
+#[error("Host {0:?} is not an AWS host name")]
+pub struct UpstreamHostError(pub String);
+
+/// How long connecting to AWS (TCP) may take before the call is answered with an error.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pooled client to AWS (or the override).
 #[derive(Clone, Debug)]
 pub struct Upstream {
@@ -37,6 +46,7 @@ impl Upstream {
         // https_or_http below needs the HTTP connector to accept https URIs too.
         http.enforce_http(false);
         http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -51,17 +61,36 @@ impl Upstream {
 
     /// Where a request for `host` with this path and query goes. Without an override, AWS itself
     /// over TLS; the path and query are kept byte for byte (they were signed as they are).
-    pub fn uri(&self, host: &str, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
-        match &self.override_base {
-            Some(base) => {
-                let authority = match base.port() {
-                    Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
-                    None => base.host_str().unwrap_or_default().to_owned(),
-                };
-                format!("{}://{authority}{path_and_query}", base.scheme()).parse()
-            }
-            None => format!("https://{host}{path_and_query}").parse(),
+    ///
+    /// `host` comes from the agent: it must be an AWS host name (letters, digits, dots and
+    /// dashes, an optional port), so no Host header can steer the signed call anywhere else.
+    pub fn uri(&self, host: &str, path_and_query: &str) -> Result<Uri, UpstreamHostError> {
+        let refused = || UpstreamHostError(host.to_owned());
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        let name_ok = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && crate::aws::request::is_aws_host(&name.to_ascii_lowercase());
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        if !name_ok || !port_ok || !path_and_query.starts_with('/') {
+            return Err(refused());
         }
+        let authority = match &self.override_base {
+            Some(base) => match base.port() {
+                Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
+                None => base.host_str().unwrap_or_default().to_owned(),
+            },
+            None => host.to_owned(),
+        };
+        let scheme = self.override_base.as_ref().map_or("https", |base| base.scheme());
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| refused())
     }
 
     pub async fn send(
@@ -69,5 +98,35 @@ impl Upstream {
         request: http::Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_aws_host_names_become_upstream_uris() {
+        let upstream = Upstream::new(None, None).unwrap();
+        let uri = upstream.uri("ec2.us-east-1.amazonaws.com", "/?Action=X").unwrap();
+        assert_eq!(uri.to_string(), "https://ec2.us-east-1.amazonaws.com/?Action=X");
+        assert!(upstream.uri("s3.amazonaws.com:443", "/b/k").is_ok());
+        for evil in [
+            "127.0.0.5/x.ec2.us-east-1.amazonaws.com",
+            "127.0.0.5?.ec2.us-east-1.amazonaws.com",
+            "evil.example.com",
+            "ec2.us-east-1.amazonaws.com@evil.example.com",
+            "ec2.us-east-1.amazonaws.com:44x3",
+        ] {
+            assert!(upstream.uri(evil, "/").is_err(), "{evil} accepted");
+        }
+    }
+
+    #[test]
+    fn the_override_keeps_path_and_query_byte_for_byte() {
+        let base = url::Url::parse("http://127.0.0.1:5000").unwrap();
+        let upstream = Upstream::new(Some(base), None).unwrap();
+        let uri = upstream.uri("s3.amazonaws.com", "/b/a%20b%2Bc?list-type=2&prefix=x%2A").unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:5000/b/a%20b%2Bc?list-type=2&prefix=x%2A");
     }
 }

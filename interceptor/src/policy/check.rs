@@ -68,11 +68,19 @@ pub fn run(policy_path: &Path, request: Option<&Path>) -> anyhow::Result<()> {
                 .iter()
                 .map(|(name, value)| (name.clone(), json_values(value)))
                 .collect();
-            (file.action.clone(), file.region.clone().unwrap_or_default(), Box::new(params) as _)
+            // `region` is read at the top level, or from params where a user may well put it.
+            let region = file
+                .region
+                .clone()
+                .or_else(|| params.get("region").and_then(|v| v.first().cloned()))
+                .unwrap_or_default();
+            (file.action.clone(), region, Box::new(params) as _)
         }
     };
+    // A raw HTTP request carries no identity; say so rather than print an empty name.
+    let subject = if file.subject.is_empty() { "(no subject)" } else { file.subject.as_str() };
     let decision = policy.evaluate(&Call {
-        subject: &file.subject,
+        subject,
         groups: &file.groups,
         action: action.as_deref(),
         region: &region,

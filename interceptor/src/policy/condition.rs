@@ -39,18 +39,39 @@ impl Comparison {
     }
 }
 
+/// How a condition is applied to a list parameter (`InstanceId.1`, `InstanceId.2`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantifier {
+    /// Every value must satisfy it: an allow (or approve) rule grants only what it names all of.
+    Every,
+    /// One value satisfying it is enough: a deny rule catches a protected value even when it
+    /// comes with others.
+    Any,
+}
+
 impl Condition {
+    /// Every value satisfies the condition (and there is at least one).
     pub fn holds(&self, values: &[String]) -> bool {
+        self.holds_for(values, Quantifier::Every)
+    }
+
+    /// Whether the condition holds for these values under `quantifier`; a parameter the call
+    /// does not carry never satisfies a condition.
+    pub fn holds_for(&self, values: &[String], quantifier: Quantifier) -> bool {
         if values.is_empty() {
             return false;
         }
-        values.iter().all(|value| match self {
+        let one = |value: &String| match self {
             Self::Compare(op, bound) => {
                 value.trim().parse::<f64>().is_ok_and(|number| op.holds(number, *bound))
             }
             Self::OneOf(allowed) => allowed.iter().any(|pattern| glob(pattern, value)),
             Self::Glob(pattern) => glob(pattern, value),
-        })
+        };
+        match quantifier {
+            Quantifier::Every => values.iter().all(one),
+            Quantifier::Any => values.iter().any(one),
+        }
     }
 
     /// The condition as a policy author wrote it: `<= 2`, `one of [t3.micro, t3.small]`.

@@ -295,15 +295,21 @@ impl Rule {
             && self.actions.iter().any(|pattern| pattern.matches(call.action))
     }
 
-    /// The first `when` condition the call fails, with the values it was tested on.
+    /// The first `when` condition the call fails, with the values it was tested on. A deny
+    /// rule matches when any value of a list parameter meets its condition; allow and approve
+    /// rules only when every value does.
     fn failing_condition(&self, call: &Call<'_>) -> Option<(&str, &Condition, Vec<String>)> {
+        let quantifier = match self.effect {
+            Effect::Deny => condition::Quantifier::Any,
+            Effect::Allow | Effect::Approve => condition::Quantifier::Every,
+        };
         self.when.iter().find_map(|(name, condition)| {
             let values = if name == "region" {
                 vec![call.region.to_owned()]
             } else {
                 call.params.values(name)
             };
-            (!condition.holds(&values)).then_some((name.as_str(), condition, values))
+            (!condition.holds_for(&values, quantifier)).then_some((name.as_str(), condition, values))
         })
     }
 

@@ -142,3 +142,13 @@ fn checks_after_parsing_name_the_rule_line() {
     let err = Policy::parse(text, "p.toml").unwrap_err().to_string();
     assert!(err.contains("line 12: rule \"bad\""), "{err}");
 }
+
+#[test]
+fn a_deny_on_a_list_parameter_catches_one_protected_value_among_others() {
+    let text = "default = \"allow\"\n[[rule]]\nname = \"keep the db\"\nactions = [\"ec2:TerminateInstances\"]\nwhen = { InstanceId = \"i-db\" }\neffect = \"deny\"\n";
+    let policy = Policy::parse(text, "t").unwrap();
+    let both = [("InstanceId", "i-other"), ("InstanceId", "i-db")];
+    assert_eq!(decide(&policy, "a", &[], Some("ec2:TerminateInstances"), &both).effect, Effect::Deny);
+    let other = [("InstanceId", "i-other")];
+    assert_eq!(decide(&policy, "a", &[], Some("ec2:TerminateInstances"), &other).effect, Effect::Allow);
+}
