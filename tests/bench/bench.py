@@ -881,6 +881,7 @@ def main() -> int:
     finally:
         if env is not None:
             teardown(env)
+        shutil.rmtree(tmp, ignore_errors=True)
     plot_paths = [] if args.quick else plots(results, args.out)
     block = results_markdown(results, info, args, plot_paths)
     (args.out / ("quick.md" if args.quick else "results.md")).write_text(block + "\n")

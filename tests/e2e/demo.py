@@ -257,7 +257,10 @@ def show_audit(step: Steps, world: World) -> None:
     say(json.dumps((denied or lines)[0], indent=2), indent=6)
     keys = world.moto.keys()
     placeholders = [k for k in keys if not str(k.get("access_key_id", "")).startswith("ASIA")]
-    say(f"moto saw {len(keys)} signed calls, all with STS-issued ASIA... keys: "
+    # Besides the agent's forwarded calls, moto saw the daemon's own chained AssumeRole (the
+    # one that puts SourceIdentity and session tags on the session's credentials).
+    say(f"moto saw {len(keys)} signed calls (the agent's forwarded calls and the daemon's "
+        f"chained AssumeRole), all with STS-issued ASIA... keys: "
         f"{'yes' if keys and not placeholders else 'NO'}")
     if placeholders:
         raise DemoError(f"moto saw keys other than STS-issued ones: {placeholders}")
