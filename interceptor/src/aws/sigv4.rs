@@ -1,27 +1,40 @@
 //! Re-signing: the agent's SigV4 signature (made with placeholder keys) is stripped and the
-//! request is signed again with the session's STS credentials, by the `aws-sigv4` crate.
+//! request is signed again with the session's STS credentials.
 //!
 //! What is signed is exactly what is sent: [`resign`] edits the request head in place, and the
 //! gateway must forward that head unchanged (same Host, same headers, same Content-Length).
 //! Headers a proxy hop may add, drop or rewrite are left out of the signature (botocore's list,
 //! see [`UNSIGNED_HEADERS`]).
 //!
-//! Cost: `aws-sigv4` derives the signing key (four HMAC-SHA256 rounds) on every call although
-//! it is valid for a whole day, region and service. That is a few microseconds per request;
-//! a per-(day, region, service) key cache needs our own canonicaliser (issue 6).
+//! Cost (issue 6): the canonical request is built in one buffer ([`canonical`]) and the signing
+//! key, valid for a whole UTC day, region and service, is derived once and then taken from a
+//! cache ([`signing_key`]). What is signed is what the `aws-sigv4` crate signed with the same
+//! settings, byte for byte: the tests keep that crate as the oracle.
 
 use super::chunked::{ChunkSigner, Variant};
 use super::request::{AwsRequest, query_pairs, request_host};
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SessionTokenMode, SignableBody, SignableRequest,
-    SignatureLocation, SigningSettings, UriPathNormalizationMode, sign,
-};
-use aws_smithy_runtime_api::client::identity::Identity;
 use http::header::{AUTHORIZATION, HOST, HeaderName, HeaderValue};
 use http::request::Parts;
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::time::SystemTime;
+
+#[path = "canonical.rs"]
+mod canonical;
+#[path = "signing_key.rs"]
+pub mod signing_key;
+
+use canonical::{Canonical, EMPTY_SHA256, Input};
+use signing_key::SigningKey;
+
+/// The SigV4 algorithm name, first line of the string to sign and of Authorization.
+const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// What aws-sigv4 answered for a session token or payload hash that is no header value (kept
+/// as the message of [`SignError::Signer`] for the same requests).
+const INVALID_HEADER_VALUE: &str =
+    "failed to create canonical request: invalid header value: failed to parse header value";
 
 /// `x-amz-content-sha256`: the payload hash S3 checks against the body.
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
@@ -188,25 +201,14 @@ pub fn resign_chunked(
     refuse_unsupported(parts)?;
     let variant = chunk_signed(parts).ok_or(SignError::NotChunkSigned)?;
     let rules = Rules::for_request(req);
-    let body = SignableBody::Precomputed(variant.marker().to_owned());
-    let seed = sign_head(parts, req, rules, body, true, creds, now)?;
-
-    let date_time = parts
-        .headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| SignError::Signer("the signer set no X-Amz-Date".to_owned()))?
-        .to_owned();
-    let date = date_time.get(..8).unwrap_or(&date_time);
-    let scope = format!("{date}/{}/{}/aws4_request", req.region, req.signing_name);
-    // Same secret, time, region and name as the seed signature: the key of its scope.
-    let key = aws_sigv4::sign::v4::generate_signing_key(
-        creds.secret_access_key(),
-        now,
-        &req.region,
-        &req.signing_name,
-    );
-    Ok(ChunkSigner::new(variant, key.as_ref(), date_time, scope, seed))
+    let signed = sign_head(parts, req, rules, variant.marker(), true, creds, now)?;
+    Ok(ChunkSigner::new(
+        variant,
+        signed.key.as_bytes(),
+        signed.date_time,
+        signed.scope,
+        signed.signature,
+    ))
 }
 
 /// The per-service choices of SigV4.
@@ -241,79 +243,182 @@ fn sign_with_rules(
 ) -> Result<(), SignError> {
     refuse_unsupported(parts)?;
     let declared = declared_payload_hash(parts)?;
-    let body = signable_body(req, rules, payload, declared.as_deref())?;
+    let body = payload_hash(req, rules, payload, declared.as_deref())?;
     let send_content_sha256 = rules.always_content_sha256 || declared.is_some();
-    sign_head(parts, req, rules, body, send_content_sha256, creds, now).map(drop)
+    sign_head(parts, req, rules, &body, send_content_sha256, creds, now).map(drop)
 }
 
-/// Replaces the agent's signing headers with a signature over `body`'s hash; returns the
-/// signature (the seed of a chunk-signed body).
+/// A head just signed: what a chunk-signed body continues from.
+struct Signed {
+    signature: String,
+    /// `X-Amz-Date`.
+    date_time: String,
+    /// `date/region/service/aws4_request`.
+    scope: String,
+    key: SigningKey,
+}
+
+/// Replaces the agent's signing headers with a signature over `payload_hash` (the body's hex
+/// SHA-256 or a marker); returns the signature with its date, scope and key (the seed of a
+/// chunk-signed body).
 fn sign_head(
     parts: &mut Parts,
     req: &AwsRequest,
     rules: Rules,
-    body: SignableBody<'_>,
+    payload_hash: &str,
     send_content_sha256: bool,
     creds: &Credentials,
     now: SystemTime,
-) -> Result<String, SignError> {
+) -> Result<Signed, SignError> {
     for name in AGENT_SIGNING_HEADERS {
         parts.headers.remove(*name);
     }
     ensure_host_header(parts)?;
-
-    let identity = Identity::from(creds.clone());
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&req.region)
-        .name(&req.signing_name)
-        .time(now)
-        .settings(settings(rules, send_content_sha256))
-        .build()
-        .map_err(|e| SignError::Signer(e.to_string()))?
-        .into();
-
-    let headers = header_pairs(parts)?;
-    let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let signable = SignableRequest::new(parts.method.as_str(), uri, headers.into_iter(), body)
-        .map_err(|e| SignError::Signer(error_chain(&e)))?;
-    let (instructions, signature) = sign(signable, &params)
-        .map_err(|e| SignError::Signer(error_chain(&e)))?
-        .into_parts();
-
-    let (new_headers, _no_query_params) = instructions.into_parts();
-    for header in new_headers {
-        let mut value = HeaderValue::from_str(header.value())
-            .map_err(|_| SignError::Signer(format!("bad value for {}", header.name())))?;
-        value.set_sensitive(header.sensitive());
-        parts
-            .headers
-            .insert(HeaderName::from_static(header.name()), value);
+    check_header_values(parts)?;
+    let token = creds.session_token();
+    let added_values = [token, send_content_sha256.then_some(payload_hash)];
+    if !added_values.into_iter().flatten().all(is_header_text) {
+        return Err(SignError::Signer(INVALID_HEADER_VALUE.to_owned()));
     }
-    Ok(signature)
+
+    let date_time = canonical::amz_date_time(now);
+    let mut added = Vec::with_capacity(3);
+    added.push(("x-amz-date", date_time.as_str()));
+    if let Some(token) = token {
+        added.push(("x-amz-security-token", token));
+    }
+    if send_content_sha256 {
+        added.push((CONTENT_SHA256, payload_hash));
+    }
+    let canonical = canonical_request(parts, rules, &added, payload_hash);
+
+    let date = canonical::date_of(&date_time);
+    let scope = credential_scope(date, &req.region, &req.signing_name);
+    let key = signing_key::signing_key(
+        creds.access_key_id(),
+        creds.secret_access_key(),
+        date,
+        &req.region,
+        &req.signing_name,
+    );
+    let signature = key.sign(string_to_sign(&date_time, &scope, &canonical).as_bytes());
+    let authorization = authorization(creds.access_key_id(), &scope, &canonical, &signature);
+
+    insert_header(parts, "x-amz-date", &date_time, false)?;
+    insert_header(parts, "authorization", &authorization, false)?;
+    if send_content_sha256 {
+        insert_header(parts, CONTENT_SHA256, payload_hash, false)?;
+    }
+    if let Some(token) = token {
+        insert_header(parts, "x-amz-security-token", token, true)?;
+    }
+    Ok(Signed {
+        signature,
+        date_time,
+        scope,
+        key,
+    })
 }
 
-fn settings(rules: Rules, send_content_sha256: bool) -> SigningSettings {
-    let mut s = SigningSettings::default();
-    s.percent_encoding_mode = if rules.encode_path_twice {
-        PercentEncodingMode::Double
-    } else {
-        PercentEncodingMode::Single
-    };
-    s.uri_path_normalization_mode = if rules.normalize_path {
-        UriPathNormalizationMode::Enabled
-    } else {
-        UriPathNormalizationMode::Disabled
-    };
-    s.payload_checksum_kind = if send_content_sha256 {
-        PayloadChecksumKind::XAmzSha256
-    } else {
-        PayloadChecksumKind::NoHeader
-    };
-    s.signature_location = SignatureLocation::Headers;
-    s.session_token_mode = SessionTokenMode::Include;
-    s.excluded_headers = Some(UNSIGNED_HEADERS.iter().map(|h| Cow::Borrowed(*h)).collect());
-    s
+/// The canonical request of `parts` with the signer's `added` headers.
+fn canonical_request(
+    parts: &Parts,
+    rules: Rules,
+    added: &[(&'static str, &str)],
+    payload_hash: &str,
+) -> Canonical {
+    let (path, query) = parts
+        .uri
+        .path_and_query()
+        .map_or(("/", None), |pq| (pq.path(), pq.query()));
+    Canonical::build(&Input {
+        method: parts.method.as_str(),
+        path,
+        query,
+        headers: &parts.headers,
+        added,
+        normalize_path: rules.normalize_path,
+        encode_path_twice: rules.encode_path_twice,
+        payload_hash,
+    })
+}
+
+/// `date/region/service/aws4_request`.
+fn credential_scope(date: &str, region: &str, service: &str) -> String {
+    let mut scope = String::with_capacity(date.len() + region.len() + service.len() + 15);
+    for part in [date, "/", region, "/", service, "/aws4_request"] {
+        scope.push_str(part);
+    }
+    scope
+}
+
+/// `AWS4-HMAC-SHA256`, the time, the scope and the canonical request's hash, one per line.
+fn string_to_sign(date_time: &str, scope: &str, canonical: &Canonical) -> String {
+    let mut text = String::with_capacity(ALGORITHM.len() + date_time.len() + scope.len() + 67);
+    for part in [ALGORITHM, "\n", date_time, "\n", scope, "\n"] {
+        text.push_str(part);
+    }
+    canonical::push_hex(&mut text, &Sha256::digest(canonical.text()));
+    text
+}
+
+/// The Authorization header: algorithm, credential, signed headers and signature.
+fn authorization(
+    access_key_id: &str,
+    scope: &str,
+    canonical: &Canonical,
+    signature: &str,
+) -> String {
+    let signed = canonical.signed_headers();
+    let parts = [
+        ALGORITHM,
+        " Credential=",
+        access_key_id,
+        "/",
+        scope,
+        ", SignedHeaders=",
+        signed,
+        ", Signature=",
+        signature,
+    ];
+    let mut value = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        value.push_str(part);
+    }
+    value
+}
+
+fn insert_header(
+    parts: &mut Parts,
+    name: &'static str,
+    value: &str,
+    sensitive: bool,
+) -> Result<(), SignError> {
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| SignError::Signer(format!("bad value for {name}")))?;
+    value.set_sensitive(sensitive);
+    parts.headers.insert(HeaderName::from_static(name), value);
+    Ok(())
+}
+
+/// Every header value must be UTF-8 to be canonicalised.
+fn check_header_values(parts: &Parts) -> Result<(), SignError> {
+    for (name, value) in &parts.headers {
+        let bytes = value.as_bytes();
+        if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+            return Err(SignError::HeaderNotUtf8 {
+                name: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What `HeaderValue::from_str` accepts: no control characters but tab.
+fn is_header_text(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (b >= b' ' && b != 0x7f) || b == b'\t')
 }
 
 /// Presigned URLs and SigV4a are refused: neither may be forwarded nor silently downgraded.
@@ -346,21 +451,23 @@ fn declared_payload_hash(parts: &Parts) -> Result<Option<String>, SignError> {
     Err(SignError::BadContentSha256 { value })
 }
 
-fn signable_body<'a>(
+/// The payload hash to sign: the body's SHA-256, the agent's declared hash, or a marker.
+fn payload_hash<'a>(
     req: &AwsRequest,
     rules: Rules,
-    payload: Payload<'a>,
-    declared: Option<&str>,
-) -> Result<SignableBody<'a>, SignError> {
+    payload: Payload<'_>,
+    declared: Option<&'a str>,
+) -> Result<Cow<'a, str>, SignError> {
     // An aws-chunked body keeps its marker whoever reads it: its hash is not the body's.
     if declared == Some(STREAMING_UNSIGNED_TRAILER) {
-        return Ok(SignableBody::StreamingUnsignedPayloadTrailer);
+        return Ok(Cow::Borrowed(STREAMING_UNSIGNED_TRAILER));
     }
     match (payload, declared) {
-        (Payload::Bytes(bytes), _) => Ok(SignableBody::Bytes(bytes)),
-        (Payload::ClientDeclared, Some(hash)) => Ok(SignableBody::Precomputed(hash.to_owned())),
+        (Payload::Bytes([]), _) => Ok(Cow::Borrowed(EMPTY_SHA256)),
+        (Payload::Bytes(bytes), _) => Ok(Cow::Owned(canonical::hex(&Sha256::digest(bytes)))),
+        (Payload::ClientDeclared, Some(hash)) => Ok(Cow::Borrowed(hash)),
         (Payload::ClientDeclared, None) if rules.always_content_sha256 => {
-            Ok(SignableBody::UnsignedPayload)
+            Ok(Cow::Borrowed(UNSIGNED_PAYLOAD))
         }
         (Payload::ClientDeclared, None) => Err(SignError::BodyNeeded {
             service: req.signing_name.clone(),
@@ -378,31 +485,6 @@ fn ensure_host_header(parts: &mut Parts) -> Result<(), SignError> {
     let value = HeaderValue::from_str(&host).map_err(|_| SignError::MissingHost)?;
     parts.headers.insert(HOST, value);
     Ok(())
-}
-
-fn header_pairs(parts: &Parts) -> Result<Vec<(&str, &str)>, SignError> {
-    parts
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            let value =
-                std::str::from_utf8(value.as_bytes()).map_err(|_| SignError::HeaderNotUtf8 {
-                    name: name.to_string(),
-                })?;
-            Ok((name.as_str(), value))
-        })
-        .collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

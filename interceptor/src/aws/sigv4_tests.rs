@@ -729,3 +729,564 @@ fn signing_is_fast_enough_to_not_matter() {
         start.elapsed()
     );
 }
+
+// --- cost ---------------------------------------------------------------------------------
+
+/// A typical STS GetCallerIdentity call as botocore sends it, with the agent's placeholder
+/// signature.
+fn sts_get_caller_identity() -> Parts {
+    http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", "sts.us-east-1.amazonaws.com")
+        .header("accept-encoding", "identity")
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+        .header(
+            "user-agent",
+            "aws-cli/2.22.0 md/Botocore#1.35.0 ua/2.0 os/linux",
+        )
+        .header("x-amz-date", "20261204T101400Z")
+        .header("x-amz-security-token", "PLACEHOLDER-TOKEN")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIAPLACEHOLDER/20261204/us-east-1/sts/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date;x-amz-security-token, Signature=0000",
+        )
+        .header("content-length", "43")
+        .body(())
+        .expect("test request builds")
+        .into_parts()
+        .0
+}
+
+const STS_BODY: &[u8] = b"Action=GetCallerIdentity&Version=2011-06-15";
+
+/// One measured call, never inlined so that callgrind can count it alone
+/// (`--toggle-collect='*resign_once*'`).
+#[inline(never)]
+fn resign_once(parts: &mut Parts, req: &AwsRequest, creds: &Credentials, time: SystemTime) {
+    resign(parts, req, Payload::Bytes(STS_BODY), creds, time).expect("signs");
+}
+
+/// Time per resign() of [`sts_get_caller_identity`], request construction subtracted.
+/// `cargo test --release -p interceptor --lib resign_cost -- --ignored --nocapture`;
+/// `RESIGN_BENCH_ITERS` sets the number of calls (callgrind: a small fixed batch, counted with
+/// `--toggle-collect='*resign_once*'`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn resign_cost() {
+    let iters: u32 = std::env::var("RESIGN_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let template = sts_get_caller_identity();
+    let req = classify(&template, Some(STS_BODY)).expect("classifies");
+    let creds = session_creds();
+    let time = now();
+
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(sts_get_caller_identity());
+    }
+    let build = start.elapsed();
+
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        let mut parts = sts_get_caller_identity();
+        resign_once(&mut parts, &req, &creds, time);
+        std::hint::black_box(parts);
+    }
+    let total = start.elapsed();
+    let per_call = total.saturating_sub(build).as_nanos() / u128::from(iters);
+    println!(
+        "resign(): {per_call} ns/op over {iters} calls (request construction: {} ns/op)",
+        build.as_nanos() / u128::from(iters)
+    );
+}
+
+// --- the aws-sigv4 crate as the oracle ----------------------------------------------------
+
+/// The re-signer as it was before issue 6: canonical request, key and signature by the
+/// `aws-sigv4` crate with the same settings. Our signer must produce what this produces.
+mod oracle {
+    use super::super::*;
+    use aws_sigv4::http_request::{
+        PayloadChecksumKind, PercentEncodingMode, SessionTokenMode, SignableBody, SignableRequest,
+        SignatureLocation, SigningSettings, UriPathNormalizationMode, sign,
+    };
+    use aws_smithy_runtime_api::client::identity::Identity;
+
+    pub(super) fn sign_with_rules(
+        parts: &mut Parts,
+        req: &AwsRequest,
+        rules: Rules,
+        payload: Payload<'_>,
+        creds: &Credentials,
+        now: SystemTime,
+    ) -> Result<(), SignError> {
+        refuse_unsupported(parts)?;
+        let declared = declared_payload_hash(parts)?;
+        let body = signable_body(req, rules, payload, declared.as_deref())?;
+        let send_content_sha256 = rules.always_content_sha256 || declared.is_some();
+        sign_head(parts, req, rules, body, send_content_sha256, creds, now).map(drop)
+    }
+
+    /// The seed signature and signing key of a chunk-signed upload.
+    pub(super) fn resign_chunked(
+        parts: &mut Parts,
+        req: &AwsRequest,
+        creds: &Credentials,
+        now: SystemTime,
+    ) -> Result<(String, Vec<u8>), SignError> {
+        refuse_unsupported(parts)?;
+        let variant = chunk_signed(parts).ok_or(SignError::NotChunkSigned)?;
+        let rules = Rules::for_request(req);
+        let body = SignableBody::Precomputed(variant.marker().to_owned());
+        let seed = sign_head(parts, req, rules, body, true, creds, now)?;
+        let key = aws_sigv4::sign::v4::generate_signing_key(
+            creds.secret_access_key(),
+            now,
+            &req.region,
+            &req.signing_name,
+        );
+        Ok((seed, key.as_ref().to_vec()))
+    }
+
+    fn signable_body<'a>(
+        req: &AwsRequest,
+        rules: Rules,
+        payload: Payload<'a>,
+        declared: Option<&str>,
+    ) -> Result<SignableBody<'a>, SignError> {
+        if declared == Some(STREAMING_UNSIGNED_TRAILER) {
+            return Ok(SignableBody::StreamingUnsignedPayloadTrailer);
+        }
+        match (payload, declared) {
+            (Payload::Bytes(bytes), _) => Ok(SignableBody::Bytes(bytes)),
+            (Payload::ClientDeclared, Some(hash)) => Ok(SignableBody::Precomputed(hash.to_owned())),
+            (Payload::ClientDeclared, None) if rules.always_content_sha256 => {
+                Ok(SignableBody::UnsignedPayload)
+            }
+            (Payload::ClientDeclared, None) => Err(SignError::BodyNeeded {
+                service: req.signing_name.clone(),
+            }),
+        }
+    }
+
+    fn sign_head(
+        parts: &mut Parts,
+        req: &AwsRequest,
+        rules: Rules,
+        body: SignableBody<'_>,
+        send_content_sha256: bool,
+        creds: &Credentials,
+        now: SystemTime,
+    ) -> Result<String, SignError> {
+        for name in AGENT_SIGNING_HEADERS {
+            parts.headers.remove(*name);
+        }
+        ensure_host_header(parts)?;
+
+        let identity = Identity::from(creds.clone());
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&req.region)
+            .name(&req.signing_name)
+            .time(now)
+            .settings(settings(rules, send_content_sha256))
+            .build()
+            .map_err(|e| SignError::Signer(e.to_string()))?
+            .into();
+
+        let headers = header_pairs(parts)?;
+        let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let signable = SignableRequest::new(parts.method.as_str(), uri, headers.into_iter(), body)
+            .map_err(|e| SignError::Signer(error_chain(&e)))?;
+        let (instructions, signature) = sign(signable, &params)
+            .map_err(|e| SignError::Signer(error_chain(&e)))?
+            .into_parts();
+
+        let (new_headers, _no_query_params) = instructions.into_parts();
+        for header in new_headers {
+            let mut value = HeaderValue::from_str(header.value())
+                .map_err(|_| SignError::Signer(format!("bad value for {}", header.name())))?;
+            value.set_sensitive(header.sensitive());
+            parts
+                .headers
+                .insert(HeaderName::from_static(header.name()), value);
+        }
+        Ok(signature)
+    }
+
+    fn settings(rules: Rules, send_content_sha256: bool) -> SigningSettings {
+        let mut s = SigningSettings::default();
+        s.percent_encoding_mode = if rules.encode_path_twice {
+            PercentEncodingMode::Double
+        } else {
+            PercentEncodingMode::Single
+        };
+        s.uri_path_normalization_mode = if rules.normalize_path {
+            UriPathNormalizationMode::Enabled
+        } else {
+            UriPathNormalizationMode::Disabled
+        };
+        s.payload_checksum_kind = if send_content_sha256 {
+            PayloadChecksumKind::XAmzSha256
+        } else {
+            PayloadChecksumKind::NoHeader
+        };
+        s.signature_location = SignatureLocation::Headers;
+        s.session_token_mode = SessionTokenMode::Include;
+        s.excluded_headers = Some(UNSIGNED_HEADERS.iter().map(|h| Cow::Borrowed(*h)).collect());
+        s
+    }
+
+    fn header_pairs(parts: &Parts) -> Result<Vec<(&str, &str)>, SignError> {
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+                    SignError::HeaderNotUtf8 {
+                        name: name.to_string(),
+                    }
+                })?;
+                Ok((name.as_str(), value))
+            })
+            .collect()
+    }
+
+    fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut msg = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        msg
+    }
+}
+
+/// A random request as an agent might send it, to be signed by both signers.
+#[derive(Clone, Debug)]
+struct RandomRequest {
+    method: &'static str,
+    target: String,
+    headers: Vec<(&'static str, Vec<u8>)>,
+    body: Option<Vec<u8>>,
+    rules: Rules,
+    signing_name: &'static str,
+    region: &'static str,
+    token: Option<String>,
+    secret: String,
+    seconds: u64,
+}
+
+impl RandomRequest {
+    /// The head, or `None` when the random target or a header is not valid HTTP.
+    fn parts(&self) -> Option<Parts> {
+        let mut b = http::Request::builder()
+            .method(self.method)
+            .uri(self.target.as_str());
+        for (name, value) in &self.headers {
+            b = b.header(*name, HeaderValue::from_bytes(value).ok()?);
+        }
+        b.body(()).ok().map(|r| r.into_parts().0)
+    }
+
+    fn creds(&self) -> Credentials {
+        Credentials::new(
+            "ASIARANDOMEXAMPLE",
+            self.secret.as_str(),
+            self.token.clone(),
+            None,
+            "test",
+        )
+    }
+
+    fn time(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(self.seconds)
+    }
+
+    fn payload(&self) -> Payload<'_> {
+        self.body
+            .as_deref()
+            .map_or(Payload::ClientDeclared, Payload::Bytes)
+    }
+}
+
+/// Everything a signer left in the head: each header in order, with its sensitivity.
+fn head_state(parts: &Parts) -> Vec<(String, Vec<u8>, bool)> {
+    parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec(), v.is_sensitive()))
+        .collect()
+}
+
+mod strategies {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// Path segments: dot segments, encoded bytes, reserved characters, empty (`//`).
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            select(vec![
+                "", ".", "..", "a", "%2F", "%20", "%C3%A9", "%25", "a%3Ab", "~x", "..a", "a.", "*",
+                "+", "=", "@", ":", "!", "$", "'", "(", ";", ",",
+            ])
+            .prop_map(str::to_owned),
+            "[a-zA-Z0-9._~:@!$&'()*+,;=%-]{0,6}",
+        ]
+    }
+
+    /// Query pairs: raw `+` and `*`, escapes (some invalid, some not UTF-8), names without
+    /// `=`, empty pairs, repeated names.
+    fn query_part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            select(vec![
+                "",
+                "a",
+                "a=",
+                "=b",
+                "a=1",
+                "a=2",
+                "A=1",
+                "b=x*",
+                "p=%2F",
+                "p=%2f",
+                "s=%20",
+                "s=+",
+                "s=a+b",
+                "u=%C3%A9",
+                "bad=%FF",
+                "bad=%zz",
+                "pct=%",
+                "x-id=ABC",
+                "list-type=2",
+                "acl",
+                "prefix=with%20space",
+                "k=a=b",
+                "é=%E2%82%AC",
+            ])
+            .prop_map(str::to_owned),
+            "[a-zA-Z0-9._~*+/:@!$'(),;%-]{0,5}(=[a-zA-Z0-9._~*+/:@!$'(),;=%-]{0,5})?",
+        ]
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        let path = proptest::collection::vec(segment(), 0..5).prop_map(|s| s.join("/"));
+        let query = proptest::option::of(
+            proptest::collection::vec(query_part(), 0..5).prop_map(|q| q.join("&")),
+        );
+        let origin = select(vec![
+            "",
+            "https://s3.us-east-1.amazonaws.com",
+            "https://sts.amazonaws.com:443",
+            "http://10.0.0.1:8080",
+        ]);
+        (origin, path, query).prop_map(|(origin, path, query)| {
+            let mut t = format!("{origin}/{path}");
+            if let Some(q) = query {
+                t.push('?');
+                t.push_str(&q);
+            }
+            t
+        })
+    }
+
+    fn header() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
+        let name = select(vec![
+            "host",
+            "content-type",
+            "content-length",
+            "content-md5",
+            "x-amz-meta-note",
+            "x-amz-meta-a",
+            "x-custom",
+            "x-amz-target",
+            "accept",
+            "range",
+            "user-agent",
+            "expect",
+            "connection",
+            "x-amzn-trace-id",
+            "transfer-encoding",
+            "keep-alive",
+            "authorization",
+            "x-amz-date",
+            "x-amz-security-token",
+            "x-amz-content-sha256",
+            "x-amz-decoded-content-length",
+        ]);
+        let value = prop_oneof![
+            8 => "[ \ta-zA-Z0-9,;:=/+.*-]{0,12}".prop_map(String::into_bytes),
+            1 => select(vec!["  a   b  ", "\ta b\t", " ", "é", "x é y", "UNSIGNED-PAYLOAD"])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            1 => Just(vec![b'a', 0xFF, b'b']),
+        ];
+        (name, value)
+    }
+
+    pub(super) fn request() -> impl Strategy<Value = RandomRequest> {
+        let head = (
+            select(vec!["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH"]),
+            target(),
+            proptest::collection::vec(header(), 0..7),
+            proptest::option::weighted(0.75, proptest::collection::vec(any::<u8>(), 0..80)),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
+        );
+        let identity = (
+            select(vec![
+                "s3",
+                "sts",
+                "ec2",
+                "lambda",
+                "execute-api",
+                "s3-outposts",
+            ]),
+            select(vec![
+                "us-east-1",
+                "eu-west-3",
+                "ap-southeast-2",
+                "cn-north-1",
+            ]),
+            proptest::option::of(prop_oneof![
+                9 => "[A-Za-z0-9/+=]{1,40}",
+                1 => select(vec!["bad\u{e9}token", "bad\ntoken", " spaced  token "])
+                    .prop_map(str::to_owned),
+            ]),
+            "[A-Za-z0-9/+]{0,40}",
+            0u64..4_102_444_800,
+        );
+        let host = proptest::option::weighted(
+            0.8,
+            select(vec![
+                "s3.us-east-1.amazonaws.com",
+                "sts.amazonaws.com:443",
+                "h\u{e9}st",
+            ]),
+        );
+        (head, identity, host).prop_map(|(head, identity, host)| {
+            let (method, target, mut headers, body, (twice, normalize, sha)) = head;
+            if let Some(host) = host {
+                headers.insert(0, ("host", host.as_bytes().to_vec()));
+            }
+            let (signing_name, region, token, secret, seconds) = identity;
+            RandomRequest {
+                method,
+                target,
+                headers,
+                body,
+                rules: Rules {
+                    encode_path_twice: twice,
+                    normalize_path: normalize,
+                    always_content_sha256: sha,
+                },
+                signing_name,
+                region,
+                token,
+                secret,
+                seconds,
+            }
+        })
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+    #[test]
+    fn signer_matches_aws_sigv4(r in strategies::request()) {
+        let Some(mut ours) = r.parts() else {
+            return Ok(());
+        };
+        let Some(mut theirs) = r.parts() else {
+            return Ok(());
+        };
+        let host = request_host(&ours).unwrap_or_default();
+        let req = target(r.signing_name, r.signing_name, r.region, &host);
+        let (creds, time) = (r.creds(), r.time());
+
+        let got = sign_with_rules(&mut ours, &req, r.rules, r.payload(), &creds, time);
+        let want = oracle::sign_with_rules(&mut theirs, &req, r.rules, r.payload(), &creds, time);
+        proptest::prop_assert_eq!(
+            got.as_ref().map_err(ToString::to_string),
+            want.as_ref().map_err(ToString::to_string)
+        );
+        proptest::prop_assert_eq!(head_state(&ours), head_state(&theirs));
+        proptest::prop_assert_eq!(&ours.uri, &theirs.uri);
+    }
+
+    #[test]
+    fn chunk_signer_seed_and_key_match_aws_sigv4(
+        r in strategies::request(),
+        trailer in proptest::bool::ANY,
+    ) {
+        let variant = if trailer { Variant::PayloadTrailer } else { Variant::Payload };
+        let Some(mut ours) = r.parts() else {
+            return Ok(());
+        };
+        let Some(mut theirs) = r.parts() else {
+            return Ok(());
+        };
+        for parts in [&mut ours, &mut theirs] {
+            let marker = HeaderValue::from_static(variant.marker());
+            parts.headers.insert(CONTENT_SHA256, marker);
+        }
+        let host = request_host(&ours).unwrap_or_default();
+        let req = target(r.signing_name, r.signing_name, r.region, &host);
+        let (creds, time) = (r.creds(), r.time());
+
+        let got = resign_chunked(&mut ours, &req, &creds, time);
+        let want = oracle::resign_chunked(&mut theirs, &req, &creds, time);
+        proptest::prop_assert_eq!(head_state(&ours), head_state(&theirs));
+        match (got, want) {
+            (Ok(mut signer), Ok((seed, key))) => {
+                proptest::prop_assert_eq!(signer.previous(), seed.as_str());
+                // The same key continues the chain: the next chunk's signature agrees.
+                let date_time = ours.headers["x-amz-date"].to_str().expect("ASCII").to_owned();
+                let scope = format!(
+                    "{}/{}/{}/aws4_request", &date_time[..8], r.region, r.signing_name
+                );
+                let mut expected = ChunkSigner::new(variant, &key, date_time, scope, seed);
+                let data = Sha256::digest(b"chunk");
+                proptest::prop_assert_eq!(
+                    signer.sign_chunk(&data).to_owned(),
+                    expected.sign_chunk(&data).to_owned()
+                );
+            }
+            (got, want) => proptest::prop_assert_eq!(
+                got.map(drop).map_err(|e| e.to_string()),
+                want.map(drop).map_err(|e| e.to_string())
+            ),
+        }
+    }
+}
+
+#[test]
+fn resign_derives_the_signing_key_once_per_scope() {
+    let derivations = || signing_key::DERIVATIONS.with(std::cell::Cell::get);
+    // Credentials no other test uses, so the process-wide cache has nothing of them yet.
+    let creds = Credentials::new("ASIAONCEPERSCOPE", "once/per+scope", None, None, "test");
+    let sign = |region: &str| {
+        let mut parts = sts_get_caller_identity();
+        let req = target("sts", "sts", region, "sts.amazonaws.com");
+        resign(&mut parts, &req, Payload::Bytes(STS_BODY), &creds, now()).expect("signs");
+        authorization(&parts).to_owned()
+    };
+
+    let before = derivations();
+    let first = sign("us-east-1");
+    assert_eq!(derivations() - before, 1);
+    let second = sign("us-east-1");
+    assert_eq!(derivations() - before, 1, "the second call reuses the key");
+    assert_eq!(first, second);
+    sign("eu-west-1");
+    assert_eq!(derivations() - before, 2, "another region has its own key");
+}
