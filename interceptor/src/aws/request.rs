@@ -234,6 +234,63 @@ pub enum RequestError {
         /// The region in the credential scope.
         scope_region: String,
     },
+    /// The Host is not a plain host name (`[A-Za-z0-9.-]+` with an optional `:port`).
+    #[error(
+        "classify request: host {host:?} is not a plain host name (letters, digits, '.', '-' \
+         and an optional :port)"
+    )]
+    InvalidHost {
+        /// The Host as sent.
+        host: String,
+    },
+    /// The request names its operation in two places that disagree, so two readers (the
+    /// gateway and AWS, or two AWS front ends) could run different operations.
+    #[error("classify request: {service} request names two operations: {first} and {second}")]
+    ConflictingOperation {
+        /// The IAM service prefix.
+        service: String,
+        /// One reading, e.g. `X-Amz-Target "AmazonSSM.GetParameter"`.
+        first: String,
+        /// The other, e.g. `query Action "DeleteParameter"`.
+        second: String,
+    },
+    /// A parameter or header that must appear once appears more often: readers that take the
+    /// first and readers that take the last would see different requests.
+    #[error("classify request: {service} request repeats {name}")]
+    RepeatedParameter {
+        /// The IAM service prefix.
+        service: String,
+        /// What is repeated, e.g. `parameter "Action"`, `header x-amz-target`.
+        name: String,
+    },
+    /// The operation named by `Action` or `X-Amz-Target` is not an operation name.
+    #[error("classify request: {service} {source_name} {value:?} does not name an operation")]
+    InvalidOperationName {
+        /// The IAM service prefix.
+        service: String,
+        /// Where the name was read: `Action`, `X-Amz-Target`.
+        source_name: &'static str,
+        /// The value as sent.
+        value: String,
+    },
+    /// A parameter that some readers might take for part of the operation's name.
+    #[error("classify request: {service} request carries {name:?}: {why}")]
+    UnexpectedParameter {
+        /// The IAM service prefix.
+        service: String,
+        /// The parameter as sent.
+        name: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// The body cannot be read the way the service reads it, so its parameters are unknown.
+    #[error("classify request: {service} request body cannot be read: {reason}")]
+    MalformedBody {
+        /// The IAM service prefix.
+        service: String,
+        /// What is wrong, e.g. the JSON parser's error.
+        reason: String,
+    },
     /// The agent signed for a service other than the one its host names.
     #[error(
         "classify request: signed for service {scope_service:?} but host {host:?} is \
@@ -259,8 +316,14 @@ impl RequestError {
             | RequestError::ServiceMismatch { .. } => "AuthorizationHeaderMalformed",
             RequestError::MissingHost
             | RequestError::NotAwsHost { .. }
+            | RequestError::InvalidHost { .. }
             | RequestError::UnknownService { .. }
-            | RequestError::UnknownRegion { .. } => "InvalidRequest",
+            | RequestError::UnknownRegion { .. }
+            | RequestError::ConflictingOperation { .. }
+            | RequestError::RepeatedParameter { .. }
+            | RequestError::InvalidOperationName { .. }
+            | RequestError::UnexpectedParameter { .. }
+            | RequestError::MalformedBody { .. } => "InvalidRequest",
         };
         (http::StatusCode::BAD_REQUEST, code)
     }
@@ -273,7 +336,10 @@ impl RequestError {
 /// than the host names, another service than a known host serves, S3 rules on one side only)
 /// is refused: signing it either way would sign something the agent did not ask for.
 pub fn classify(head: &Parts, body: Option<&[u8]>) -> Result<AwsRequest, RequestError> {
-    let host = request_host(head).ok_or(RequestError::MissingHost)?;
+    let host = single_request_host(head)?;
+    if !services::is_host_name(&host) {
+        return Err(RequestError::InvalidHost { host });
+    }
     let parsed = services::parse_host(&host)
         .ok_or_else(|| RequestError::NotAwsHost { host: host.clone() })?;
     let client_signature = client_signature(head)?;
@@ -283,7 +349,17 @@ pub fn classify(head: &Parts, body: Option<&[u8]>) -> Result<AwsRequest, Request
         _ => None,
     };
     let target = resolve_target(&host, &parsed, scope)?;
-    let protocol = detect_protocol(head, &target);
+    let reads_body = !services::is_s3_signing_name(&target.signing_name);
+    if reads_body {
+        // Which Content-Type counts decides form or JSON; two leave that to the reader.
+        single_header(head, "content-type", &target.iam_prefix)?;
+    }
+    let body = match body {
+        Some(b) if reads_body => Some(decoded_body(head, b, &target.iam_prefix)?),
+        _ => None,
+    };
+    let body = body.as_deref();
+    let protocol = detect_protocol(head, body, &target);
 
     let mut req = AwsRequest {
         service: target.iam_prefix,
@@ -302,14 +378,15 @@ pub fn classify(head: &Parts, body: Option<&[u8]>) -> Result<AwsRequest, Request
     match protocol {
         _ if req.is_s3_family() => {
             if services::S3_BUCKET_ENDPOINTS.contains(&parsed.endpoint.as_str()) {
-                s3::describe(&mut req, head, parsed.prefix.as_deref());
+                s3::describe(&mut req, head, parsed.prefix.as_deref())?;
             }
             // S3 Control and Outposts: signed by S3 rules, operation not decoded (None).
         }
-        Protocol::Query | Protocol::Ec2Query => describe_query(&mut req, head, body),
-        Protocol::Json10 | Protocol::Json11 => describe_json(&mut req, head, body),
-        Protocol::RestJson => describe_rest_json(&mut req, head, body),
-        Protocol::RestXml | Protocol::Unknown => {}
+        Protocol::Query | Protocol::Ec2Query => describe_query(&mut req, head, body)?,
+        Protocol::Json10 | Protocol::Json11 => describe_json(&mut req, head, body)?,
+        Protocol::RestJson => describe_rest_json(&mut req, head, body)?,
+        Protocol::RestXml => refuse_rpc_names(&req, head, body)?,
+        Protocol::Unknown => {}
     }
     Ok(req)
 }
@@ -344,6 +421,37 @@ pub(crate) fn request_host(head: &Parts) -> Option<String> {
         return value.to_str().ok().map(str::to_owned);
     }
     head.uri.authority().map(|a| a.as_str().to_owned())
+}
+
+/// [`request_host`] for classification: refuses a request that names two hosts.
+///
+/// Two Host headers, or a Host header and an authority that differ (an absolute-form request
+/// line), name two hosts: HTTP says the authority wins, code that reads the header would
+/// disagree.
+fn single_request_host(head: &Parts) -> Result<String, RequestError> {
+    let mut values = head.headers.get_all(HOST).iter();
+    let header = values.next();
+    let authority = head.uri.authority().map(|a| a.as_str().to_owned());
+    let Some(header) = header else {
+        return authority.ok_or(RequestError::MissingHost);
+    };
+    let header = header.to_str().map_err(|_| RequestError::InvalidHost {
+        host: String::from_utf8_lossy(header.as_bytes()).into_owned(),
+    })?;
+    if values.next().is_some() {
+        return Err(RequestError::RepeatedParameter {
+            service: "aws".to_owned(),
+            name: "header host".to_owned(),
+        });
+    }
+    if let Some(authority) = authority.filter(|a| !a.eq_ignore_ascii_case(header)) {
+        return Err(RequestError::ConflictingOperation {
+            service: "aws".to_owned(),
+            first: format!("Host {header:?}"),
+            second: format!("request-target authority {authority:?}"),
+        });
+    }
+    Ok(header.to_owned())
 }
 
 /// What to sign for, after reconciling the credential scope with the host.
@@ -437,18 +545,23 @@ fn resolve_region(
     }
 }
 
-fn detect_protocol(head: &Parts, target: &Target) -> Protocol {
+fn detect_protocol(head: &Parts, body: Option<&[u8]>, target: &Target) -> Protocol {
     if services::is_s3_signing_name(&target.signing_name) {
         return Protocol::RestXml;
     }
     let default = target.info.map(|i| i.protocol);
+    if let Some(rest @ (Protocol::RestJson | Protocol::RestXml)) = default {
+        // A REST service's operation is its method and path, whatever the request adds; an
+        // `Action` or `X-Amz-Target` on top is refused when the request is described.
+        return rest;
+    }
     if head.headers.contains_key("x-amz-target") {
         let table_json = default.filter(|p| p.is_json_rpc());
         return json_version(head)
             .or(table_json)
             .unwrap_or(Protocol::Json11);
     }
-    if is_form(head) || query_has_action(head) {
+    if is_form(head) || query_has_action(head) || body.is_some_and(form_has_action) {
         return if default == Some(Protocol::Ec2Query) {
             Protocol::Ec2Query
         } else {
@@ -463,26 +576,104 @@ fn detect_protocol(head: &Parts, target: &Target) -> Protocol {
     }
 }
 
-fn json_version(head: &Parts) -> Option<Protocol> {
+/// The media type of the Content-Type header, lower-cased, without its parameters.
+fn media_type(head: &Parts) -> Option<String> {
     let ct = head.headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    if ct.starts_with("application/x-amz-json-1.0") {
-        Some(Protocol::Json10)
-    } else if ct.starts_with("application/x-amz-json-1.1") {
-        Some(Protocol::Json11)
-    } else {
-        None
+    let media = ct.split(';').next().unwrap_or_default();
+    Some(media.trim().to_ascii_lowercase())
+}
+
+fn json_version(head: &Parts) -> Option<Protocol> {
+    match media_type(head)?.as_str() {
+        "application/x-amz-json-1.0" => Some(Protocol::Json10),
+        "application/x-amz-json-1.1" => Some(Protocol::Json11),
+        _ => None,
     }
 }
 
+/// Whether the Content-Type is a URL-encoded form, in any letter case and with any parameters
+/// (`Application/X-WWW-Form-Urlencoded; charset=utf-8`): HTTP media types are case-insensitive.
 fn is_form(head: &Parts) -> bool {
-    head.headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"))
+    media_type(head).is_some_and(|m| m == FORM_MEDIA_TYPE)
 }
 
+const FORM_MEDIA_TYPE: &str = "application/x-www-form-urlencoded";
+
 fn query_has_action(head: &Parts) -> bool {
-    query_pairs(head).any(|(k, _)| k == "Action")
+    query_pairs(head).any(|(k, _)| k.eq_ignore_ascii_case("Action"))
+}
+
+/// Whether `body`, read as a URL-encoded form, names an `Action` (in any letter case).
+fn form_has_action(body: &[u8]) -> bool {
+    url::form_urlencoded::parse(body).any(|(k, _)| k.eq_ignore_ascii_case("Action"))
+}
+
+/// Largest decompressed size of a gzip-encoded API body, in bytes. The gateway caps the body
+/// it reads; this caps what that body may inflate to.
+const MAX_DECODED_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The body as the service reads it: gzip-decoded when `Content-Encoding: gzip` (AWS request
+/// compression, and moto, decode it), else as sent. Other encodings are refused: their
+/// parameters could not be checked.
+fn decoded_body<'a>(
+    head: &Parts,
+    body: &'a [u8],
+    service: &str,
+) -> Result<Cow<'a, [u8]>, RequestError> {
+    let Some(encoding) = single_header(head, "content-encoding", service)? else {
+        return Ok(Cow::Borrowed(body));
+    };
+    let encoding = encoding.trim().to_ascii_lowercase();
+    let malformed = |reason: String| RequestError::MalformedBody {
+        service: service.to_owned(),
+        reason,
+    };
+    match encoding.as_str() {
+        "" | "identity" => Ok(Cow::Borrowed(body)),
+        "gzip" | "x-gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(body)
+                .take(MAX_DECODED_BODY_BYTES + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| malformed(format!("gzip body does not decode: {e}")))?;
+            if out.len() as u64 > MAX_DECODED_BODY_BYTES {
+                return Err(malformed(format!(
+                    "gzip body inflates beyond {MAX_DECODED_BODY_BYTES} bytes"
+                )));
+            }
+            Ok(Cow::Owned(out))
+        }
+        other => Err(malformed(format!(
+            "content encoding {other:?} is not supported (only gzip)"
+        ))),
+    }
+}
+
+/// The value of a header that must appear at most once, as visible ASCII.
+fn single_header<'a>(
+    head: &'a Parts,
+    name: &'static str,
+    service: &str,
+) -> Result<Option<&'a str>, RequestError> {
+    let mut values = head.headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(RequestError::RepeatedParameter {
+            service: service.to_owned(),
+            name: format!("header {name}"),
+        });
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| RequestError::UnexpectedParameter {
+            service: service.to_owned(),
+            name: name.to_owned(),
+            why: "the header value is not visible ASCII",
+        })
 }
 
 /// The decoded query string pairs of the request target.
@@ -586,26 +777,99 @@ fn set_operation(req: &mut AwsRequest, operation: &str) {
     req.operation = Some(operation.to_owned());
 }
 
-fn describe_query(req: &mut AwsRequest, head: &Parts, body: Option<&[u8]>) {
-    let from_body = body.filter(|_| is_form(head)).unwrap_or_default();
-    let pairs = query_pairs(head).chain(url::form_urlencoded::parse(from_body));
-    let mut action = None;
-    for (name, value) in pairs {
+/// Query protocol: `Action`, `Version` and the parameters from the query string and the form
+/// body together.
+///
+/// Every name must appear once across both: readers differ on which of two values they take
+/// (moto takes the first of a form and the last of an untyped body), so a repeat is refused.
+/// `Action` and `Version` must be spelt exactly so; another letter case is refused rather than
+/// guessed either way.
+fn describe_query(
+    req: &mut AwsRequest,
+    head: &Parts,
+    body: Option<&[u8]>,
+) -> Result<(), RequestError> {
+    let from_body = query_form_body(req, head, body)?;
+    let pairs = query_pairs(head)
+        .map(|(k, v)| ("query", k, v))
+        .chain(url::form_urlencoded::parse(from_body).map(|(k, v)| ("body", k, v)));
+    let mut seen = std::collections::HashSet::new();
+    let mut action: Option<(&str, String)> = None;
+    for (place, name, value) in pairs {
+        if let Some((first_place, first)) = &action
+            && name == "Action"
+            && *first != value
+        {
+            return Err(RequestError::ConflictingOperation {
+                service: req.service.clone(),
+                first: format!("{first_place} Action {first:?}"),
+                second: format!("{place} Action {value:?}"),
+            });
+        }
+        if !seen.insert(name.clone().into_owned()) {
+            return Err(repeated(req, &name));
+        }
         match name.as_ref() {
-            "Action" => action = Some(value.into_owned()),
+            "Action" => action = Some((place, value.into_owned())),
             "Version" => {}
+            n if n.eq_ignore_ascii_case("Action") || n.eq_ignore_ascii_case("Version") => {
+                return Err(RequestError::UnexpectedParameter {
+                    service: req.service.clone(),
+                    name: n.to_owned(),
+                    why: "the query protocol spells it with one capital letter; another \
+                          spelling is not guessed",
+                });
+            }
             n if is_signing_param(n) => {}
             _ => req
                 .params
                 .push(name.into_owned(), ParamValue::Str(value.into_owned())),
         }
     }
-    if let Some(action) = action.filter(|a| is_operation_name(a)) {
+    if let Some((_, action)) = action {
+        check_operation_name(req, "Action", &action)?;
         set_operation(req, &action);
     }
     req.resource = ["QueueUrl", "TopicArn", "StackName", "RoleName", "UserName"]
         .iter()
         .find_map(|name| req.params.get(name)?.as_str().map(Cow::into_owned));
+    Ok(())
+}
+
+/// The body of a query-protocol request, to be read as a form.
+///
+/// A body without Content-Type is read as a form too: moto (and AWS front ends that are lenient
+/// the same way) parse it so, and the policy must see what would execute. A non-empty body
+/// under any other Content-Type is refused: some reader might still take its parameters.
+fn query_form_body<'a>(
+    req: &AwsRequest,
+    head: &Parts,
+    body: Option<&'a [u8]>,
+) -> Result<&'a [u8], RequestError> {
+    let body = body.unwrap_or_default();
+    if body.is_empty() || !head.headers.contains_key(CONTENT_TYPE) || is_form(head) {
+        return Ok(body);
+    }
+    let content_type = String::from_utf8_lossy(
+        head.headers
+            .get(CONTENT_TYPE)
+            .map(http::HeaderValue::as_bytes)
+            .unwrap_or_default(),
+    )
+    .into_owned();
+    Err(RequestError::MalformedBody {
+        service: req.service.clone(),
+        reason: format!(
+            "a query-protocol body must be {FORM_MEDIA_TYPE}, not Content-Type {content_type:?}"
+        ),
+    })
+}
+
+fn repeated(req: &AwsRequest, name: &str) -> RequestError {
+    RequestError::RepeatedParameter {
+        service: req.service.clone(),
+        name: format!("parameter {name:?}"),
+    }
 }
 
 /// Operation names are identifiers; anything else is not trusted as one.
@@ -613,18 +877,76 @@ fn is_operation_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn describe_json(req: &mut AwsRequest, head: &Parts, body: Option<&[u8]>) {
-    let target = head
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok());
-    // `DynamoDB_20120810.PutItem`, `secretsmanager.GetSecretValue`, `AmazonSSM.GetParameter`.
-    let operation = target.and_then(|t| t.rsplit_once('.')).map(|(_, op)| op);
-    if let Some(op) = operation.filter(|op| is_operation_name(op)) {
-        set_operation(req, op);
+fn check_operation_name(
+    req: &AwsRequest,
+    source_name: &'static str,
+    value: &str,
+) -> Result<(), RequestError> {
+    if is_operation_name(value) {
+        return Ok(());
     }
-    if let Some(body) = body {
-        flatten_json_body(&mut req.params, body);
+    Err(RequestError::InvalidOperationName {
+        service: req.service.clone(),
+        source_name,
+        value: value.to_owned(),
+    })
+}
+
+/// JSON-RPC: the operation from `X-Amz-Target`, the parameters from the JSON body.
+///
+/// The operation must be named once and only there: moto dispatches an `Action` from the query
+/// string (or from the body read as a form) before the header, and reads parameters from the
+/// query string before the body, so any of those next to the header is refused.
+fn describe_json(
+    req: &mut AwsRequest,
+    head: &Parts,
+    body: Option<&[u8]>,
+) -> Result<(), RequestError> {
+    let target = single_header(head, "x-amz-target", &req.service)?;
+    // `DynamoDB_20120810.PutItem`, `secretsmanager.GetSecretValue`, `AmazonSSM.GetParameter`.
+    let operation = match target {
+        Some(t) => {
+            // Readers take the text after the last dot; the prefix must be there too.
+            let op = t.rsplit_once('.').map_or("", |(_, op)| op);
+            if !is_operation_name(op) {
+                return Err(RequestError::InvalidOperationName {
+                    service: req.service.clone(),
+                    source_name: "X-Amz-Target",
+                    value: t.to_owned(),
+                });
+            }
+            Some(op)
+        }
+        None => None,
+    };
+    let named_by = || format!("X-Amz-Target {:?}", target.unwrap_or_default());
+    for (name, value) in query_pairs(head) {
+        if is_signing_param(&name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("Action") {
+            return Err(RequestError::ConflictingOperation {
+                service: req.service.clone(),
+                first: named_by(),
+                second: format!("query Action {value:?}"),
+            });
+        }
+        return Err(RequestError::UnexpectedParameter {
+            service: req.service.clone(),
+            name: name.into_owned(),
+            why: "a JSON request carries its parameters in the body; some readers take query \
+                  parameters first",
+        });
+    }
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        let map = json_object_body(req, body)?;
+        refuse_form_reading(req, body, &map, &named_by())?;
+        for (k, v) in map {
+            flatten_json(&mut req.params, k, v);
+        }
+    }
+    if let Some(op) = operation {
+        set_operation(req, op);
     }
     req.resource = [
         "SecretId",
@@ -636,17 +958,132 @@ fn describe_json(req: &mut AwsRequest, head: &Parts, body: Option<&[u8]>) {
     ]
     .iter()
     .find_map(|name| req.params.get(name)?.as_str().map(Cow::into_owned));
+    Ok(())
 }
 
-fn flatten_json_body(params: &mut Params, body: &[u8]) {
-    if body.is_empty() {
-        return;
-    }
-    // A body that is not JSON leaves no parameters; the action (from the header) still stands.
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
-        for (k, v) in map {
-            flatten_json(params, k, v);
+/// Refuses a JSON body that, read as a URL-encoded form, names an `Action` or one of the JSON
+/// body's own top-level parameters: moto reads an untyped body as a form before it reads it as
+/// JSON, so `{"Name":"dev","x":"&Name=prod"}` would act on `prod` there.
+fn refuse_form_reading(
+    req: &AwsRequest,
+    body: &[u8],
+    json: &serde_json::Map<String, serde_json::Value>,
+    named_by: &str,
+) -> Result<(), RequestError> {
+    for (name, value) in url::form_urlencoded::parse(body) {
+        if name.eq_ignore_ascii_case("Action") {
+            return Err(RequestError::ConflictingOperation {
+                service: req.service.clone(),
+                first: named_by.to_owned(),
+                second: format!("body (read as a form) Action {value:?}"),
+            });
         }
+        if json.contains_key(name.as_ref()) {
+            return Err(RequestError::UnexpectedParameter {
+                service: req.service.clone(),
+                name: name.into_owned(),
+                why: "the JSON body, read as a form, names this parameter a second time",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The JSON body parsed strictly: valid JSON (serde_json's nesting limit included), no object
+/// repeating a key. A body the gateway cannot read is refused, not passed with no parameters:
+/// the service may read it (Python's parser nests deeper) and act on parameters the policy
+/// never saw.
+fn json_body(req: &AwsRequest, body: &[u8]) -> Result<serde_json::Value, RequestError> {
+    serde_json::from_slice::<UniqueKeys>(body)
+        .map(|UniqueKeys(v)| v)
+        .map_err(|e| RequestError::MalformedBody {
+            service: req.service.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })
+}
+
+/// [`json_body`] that must be an object (every JSON-RPC input is one).
+fn json_object_body(
+    req: &AwsRequest,
+    body: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, RequestError> {
+    match json_body(req, body)? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(RequestError::MalformedBody {
+            service: req.service.clone(),
+            reason: "the JSON body is not an object".to_owned(),
+        }),
+    }
+}
+
+/// A JSON value in which no object repeats a key. Parsers disagree on which of two values
+/// they keep (first, last, or an error), so a repeated key is ambiguous.
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(serde_json::Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<UniqueKeys, E> {
+        serde_json::Number::from_f64(v)
+            .map(|n| UniqueKeys(serde_json::Value::Number(n)))
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(serde_json::Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(serde_json::Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(serde_json::Value::Null))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(UniqueKeys(serde_json::Value::Array(items)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        use serde::de::Error;
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(A::Error::custom(format!("object repeats key {key:?}")));
+            }
+            let UniqueKeys(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(UniqueKeys(serde_json::Value::Object(out)))
     }
 }
 
@@ -670,8 +1107,26 @@ fn flatten_json(params: &mut Params, name: String, value: serde_json::Value) {
     }
 }
 
-fn describe_rest_json(req: &mut AwsRequest, head: &Parts, body: Option<&[u8]>) {
+/// The endpoint whose requests are the agent's own API (API Gateway stages): its paths, query
+/// and body belong to that API, not to AWS, and name no AWS operation.
+const USER_API_SERVICE: &str = "execute-api";
+
+/// REST-JSON: the operation from method and path, the parameters from query and JSON body.
+fn describe_rest_json(
+    req: &mut AwsRequest,
+    head: &Parts,
+    body: Option<&[u8]>,
+) -> Result<(), RequestError> {
+    if req.service == USER_API_SERVICE {
+        describe_user_api(req, head, body);
+        return Ok(());
+    }
+    refuse_rpc_names(req, head, body)?;
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in query_pairs(head) {
+        if !seen.insert(name.clone().into_owned()) {
+            return Err(repeated(req, &name));
+        }
         if !is_signing_param(&name) {
             req.params
                 .push(name.into_owned(), ParamValue::Str(value.into_owned()));
@@ -680,9 +1135,60 @@ fn describe_rest_json(req: &mut AwsRequest, head: &Parts, body: Option<&[u8]>) {
     if req.service == "lambda" {
         describe_lambda(req, head);
     }
-    if let Some(body) = body {
-        flatten_json_body(&mut req.params, body);
+    let body = body.filter(|b| !b.is_empty());
+    // Any JSON value is a valid Lambda payload; only an object carries named parameters.
+    if let Some(serde_json::Value::Object(map)) = body.map(|b| json_body(req, b)).transpose()? {
+        for (k, v) in map {
+            flatten_json(&mut req.params, k, v);
+        }
     }
+    Ok(())
+}
+
+/// An API Gateway stage: query parameters, and a JSON body's fields when it is one (the body is
+/// the agent's own payload, which may be anything).
+fn describe_user_api(req: &mut AwsRequest, head: &Parts, body: Option<&[u8]>) {
+    for (name, value) in query_pairs(head) {
+        if !is_signing_param(&name) {
+            req.params
+                .push(name.into_owned(), ParamValue::Str(value.into_owned()));
+        }
+    }
+    let json = body.and_then(|b| serde_json::from_slice(b).ok());
+    if let Some(serde_json::Value::Object(map)) = json {
+        for (k, v) in map {
+            flatten_json(&mut req.params, k, v);
+        }
+    }
+}
+
+/// Refuses an RPC-style operation name (`X-Amz-Target`, or `Action` in the query or the body
+/// read as a form) on a REST request, whose operation is its method and path: moto (and any
+/// lenient front end) would dispatch the RPC name instead.
+fn refuse_rpc_names(
+    req: &AwsRequest,
+    head: &Parts,
+    body: Option<&[u8]>,
+) -> Result<(), RequestError> {
+    let route = || format!("REST route {} {}", head.method, head.uri.path());
+    let conflict = |second: String| RequestError::ConflictingOperation {
+        service: req.service.clone(),
+        first: route(),
+        second,
+    };
+    if let Some(target) = head.headers.get("x-amz-target") {
+        let target = String::from_utf8_lossy(target.as_bytes()).into_owned();
+        return Err(conflict(format!("X-Amz-Target {target:?}")));
+    }
+    if let Some((_, v)) = query_pairs(head).find(|(k, _)| k.eq_ignore_ascii_case("Action")) {
+        return Err(conflict(format!("query Action {v:?}")));
+    }
+    let body = body.unwrap_or_default();
+    let in_body = url::form_urlencoded::parse(body).find(|(k, _)| k.eq_ignore_ascii_case("Action"));
+    if let Some((_, v)) = in_body {
+        return Err(conflict(format!("body (read as a form) Action {v:?}")));
+    }
+    Ok(())
 }
 
 /// Lambda's REST routes, best effort: the common function operations.
@@ -747,7 +1253,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
@@ -1184,3 +1690,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "request_break_tests.rs"]
+mod break_tests;

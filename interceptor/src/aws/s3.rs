@@ -1,10 +1,65 @@
 //! S3 operations from method, path and sub-resources; bucket and key from virtual host or path.
 
-use super::request::{AwsRequest, ParamValue, percent_decode, query_pairs};
+use super::request::{AwsRequest, ParamValue, RequestError, percent_decode, query_pairs};
 use http::request::Parts;
+use std::collections::HashSet;
 
-/// Query parameters that qualify an operation without choosing it. Any other query key is a
-/// sub-resource; an unknown one leaves the operation unknown rather than guessed.
+/// Query keys that choose an S3 operation (sub-resources): every literal query key in the
+/// request URIs of S3's API model, plus `uploadId`, which turns an object request into a part
+/// or multipart operation.
+///
+/// Any other key is an ordinary parameter that S3 ignores or reads as an argument
+/// (`DELETE /b/k?junk=1` is DeleteObject): it must not stop classification, or a call would
+/// dodge rules on its action by adding a key. The cost: a sub-resource AWS adds later is read as
+/// the plain operation until it is listed here, except when sent bare (`?newthing`), which is
+/// refused.
+const SUBRESOURCES: &[&str] = &[
+    "abac",
+    "accelerate",
+    "acl",
+    "analytics",
+    "annotation",
+    "attributes",
+    "cors",
+    "delete",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "legal-hold",
+    "lifecycle",
+    "location",
+    "logging",
+    "metadataAnnotationTable",
+    "metadataConfiguration",
+    "metadataInventoryTable",
+    "metadataJournalTable",
+    "metadataTable",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "renameObject",
+    "replication",
+    "requestPayment",
+    "restore",
+    "retention",
+    "select",
+    "session",
+    "tagging",
+    "torrent",
+    "uploadId",
+    "uploads",
+    "versioning",
+    "versions",
+    "website",
+];
+
+/// Query parameters S3's API model knows as arguments (plus `x-id`, `list-type` and
+/// `select-type`, which SDKs send to qualify an operation without choosing another). Unknown
+/// keys are arguments too; only these may be sent without a value.
 const PLAIN_PARAMS: &[&str] = &[
     "prefix",
     "delimiter",
@@ -20,6 +75,7 @@ const PLAIN_PARAMS: &[&str] = &[
     "upload-id-marker",
     "max-uploads",
     "max-buckets",
+    "max-directory-buckets",
     "bucket-region",
     "x-id",
     "versionId",
@@ -28,6 +84,9 @@ const PLAIN_PARAMS: &[&str] = &[
     "part-number-marker",
     "select-type",
     "id",
+    "annotation-prefix",
+    "annotationName",
+    "max-annotation-results",
     "response-content-type",
     "response-content-language",
     "response-expires",
@@ -54,19 +113,50 @@ enum Level {
 
 /// Fills bucket, key, operation, action, resource and parameters of an S3 request.
 /// `host_bucket` is the bucket named by a virtual-hosted-style host.
-pub(crate) fn describe(req: &mut AwsRequest, head: &Parts, host_bucket: Option<&str>) {
+///
+/// Refused: a known query key given twice (readers differ on which value counts), two
+/// sub-resources (two operations), and an unknown key sent bare (it may be a sub-resource not
+/// listed here).
+pub(crate) fn describe(
+    req: &mut AwsRequest,
+    head: &Parts,
+    host_bucket: Option<&str>,
+) -> Result<(), RequestError> {
     let (bucket, key) = bucket_and_key(head.uri.path(), host_bucket);
-    let mut subresources = Vec::new();
+    let mut subresource: Option<String> = None;
     let mut version = false;
+    let mut seen = HashSet::new();
     for (name, value) in query_pairs(head) {
+        let known = SUBRESOURCES.contains(&name.as_ref()) || PLAIN_PARAMS.contains(&name.as_ref());
+        // A key S3 reads must be given once; a key it ignores may repeat.
+        if known && !seen.insert(name.clone().into_owned()) {
+            return Err(RequestError::RepeatedParameter {
+                service: req.service.clone(),
+                name: format!("query key {name:?}"),
+            });
+        }
         if name.starts_with("X-Amz-") || name.starts_with("x-amz-") {
             continue;
         }
         if name == "versionId" {
             version = true;
         }
-        if !PLAIN_PARAMS.contains(&name.as_ref()) {
-            subresources.push(name.clone().into_owned());
+        if SUBRESOURCES.contains(&name.as_ref()) {
+            if let Some(first) = &subresource {
+                return Err(RequestError::ConflictingOperation {
+                    service: req.service.clone(),
+                    first: format!("sub-resource {first:?}"),
+                    second: format!("sub-resource {name:?}"),
+                });
+            }
+            subresource = Some(name.clone().into_owned());
+        } else if value.is_empty() && !PLAIN_PARAMS.contains(&name.as_ref()) {
+            return Err(RequestError::UnexpectedParameter {
+                service: req.service.clone(),
+                name: name.into_owned(),
+                why: "a bare query key the gateway does not know may be an S3 sub-resource \
+                      that chooses another operation",
+            });
         }
         req.params
             .0
@@ -86,11 +176,8 @@ pub(crate) fn describe(req: &mut AwsRequest, head: &Parts, host_bucket: Option<&
         (Some(_), Some(_)) => Level::Object,
     };
     let copy = head.headers.contains_key("x-amz-copy-source");
-    let found = match subresources.as_slice() {
-        [] => operation(head.method.as_str(), level, None, version, copy),
-        [one] => operation(head.method.as_str(), level, Some(one), version, copy),
-        _ => None,
-    };
+    let sub = subresource.as_deref();
+    let found = operation(head.method.as_str(), level, sub, version, copy);
     if let Some((operation, action)) = found {
         req.operation = Some(operation.to_owned());
         req.action = Some(format!("{}:{action}", req.service));
@@ -112,6 +199,7 @@ pub(crate) fn describe(req: &mut AwsRequest, head: &Parts, host_bucket: Option<&
     }
     req.bucket = bucket;
     req.key = key;
+    Ok(())
 }
 
 /// The AWS partition of a region, for ARNs.
@@ -422,7 +510,7 @@ fn object_operation(
 
 #[cfg(test)]
 mod tests {
-    use crate::aws::request::{AwsRequest, classify};
+    use crate::aws::request::{AwsRequest, RequestError, classify};
 
     fn s3(method: &str, host: &str, uri: &str, extra: &[(&str, &str)]) -> AwsRequest {
         let mut b = http::Request::builder()
@@ -522,11 +610,96 @@ mod tests {
         assert_eq!(r.operation.as_deref(), Some("CopyObject"));
     }
 
+    fn refusal(method: &str, uri: &str) -> RequestError {
+        let (head, ()) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "s3.us-west-2.amazonaws.com")
+            .body(())
+            .expect("test request is well-formed")
+            .into_parts();
+        classify(&head, None).expect_err("the S3 request is refused")
+    }
+
     #[test]
     fn unknown_subresources_are_not_guessed() {
-        assert_eq!(action("GET", "/b?brand-new-thing"), None);
-        assert_eq!(action("GET", "/b/k?acl&tagging"), None);
+        // Known sub-resources without a decoded operation, and unknown methods: no action.
+        assert_eq!(action("DELETE", "/b?analytics&id=x"), None);
         assert_eq!(action("PATCH", "/b/k"), None);
+        // A bare unknown key may be a sub-resource: refused, not read as the plain operation.
+        assert!(matches!(
+            refusal("GET", "/b?brand-new-thing"),
+            RequestError::UnexpectedParameter { .. }
+        ));
+        // Two sub-resources name two operations.
+        assert!(matches!(
+            refusal("GET", "/b/k?acl&tagging"),
+            RequestError::ConflictingOperation { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_query_keys_with_values_are_plain_parameters() {
+        // `DELETE /b/k?junk=1` is DeleteObject to S3: it must be to the policy too.
+        assert_eq!(
+            action("DELETE", "/b/k?junk=1").as_deref(),
+            Some("s3:DeleteObject")
+        );
+        assert_eq!(
+            action("DELETE", "/b/k?versionId=3&junk=1").as_deref(),
+            Some("s3:DeleteObjectVersion")
+        );
+        assert_eq!(
+            action("GET", "/b/k?junk=1").as_deref(),
+            Some("s3:GetObject")
+        );
+        assert_eq!(
+            action("HEAD", "/b/k?junk=1").as_deref(),
+            Some("s3:GetObject")
+        );
+        assert_eq!(
+            action("PUT", "/b/k?junk=1").as_deref(),
+            Some("s3:PutObject")
+        );
+        assert_eq!(
+            action("POST", "/b/k?uploads&junk=1").as_deref(),
+            Some("s3:PutObject")
+        );
+        assert_eq!(
+            action("PUT", "/b?policy&junk=1").as_deref(),
+            Some("s3:PutBucketPolicy")
+        );
+        assert_eq!(
+            action("DELETE", "/b?junk=1").as_deref(),
+            Some("s3:DeleteBucket")
+        );
+        assert_eq!(action("GET", "/b?junk=1").as_deref(), Some("s3:ListBucket"));
+        assert_eq!(
+            action("GET", "/?junk=1").as_deref(),
+            Some("s3:ListAllMyBuckets")
+        );
+        let r = s3("DELETE", "s3.us-west-2.amazonaws.com", "/b/k?junk=1", &[]);
+        assert_eq!(
+            r.params.get("junk").and_then(|v| v.as_str()).as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn known_query_keys_given_twice_are_refused() {
+        assert!(matches!(
+            refusal("DELETE", "/b/k?versionId=1&versionId=2"),
+            RequestError::RepeatedParameter { .. }
+        ));
+        assert!(matches!(
+            refusal("PUT", "/b/k?uploadId=a&partNumber=1&uploadId=b"),
+            RequestError::RepeatedParameter { .. }
+        ));
+        // A key S3 ignores may repeat (the SigV4 vectors sign such a query).
+        assert_eq!(
+            action("GET", "/b?a=2&a=1&prefix=x").as_deref(),
+            Some("s3:ListBucket")
+        );
     }
 
     #[test]

@@ -164,14 +164,32 @@ pub(crate) struct ParsedHost {
     pub prefix: Option<String>,
 }
 
-/// Removes the port from a `host[:port]` (IPv6 literals keep their brackets) and lower-cases it.
-pub(crate) fn host_without_port(host: &str) -> String {
-    let host = host.trim();
-    let bare = match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
+/// Whether `host` is a plain host name with an optional port: `[A-Za-z0-9.-]+(:[0-9]{1,5})?`.
+///
+/// Everything that names an AWS host passes; anything else (`/`, `?`, `@`, `%`, spaces, IPv6
+/// brackets) could make a URI built from the host point somewhere else than the name the
+/// policy saw, so it is never taken for an AWS host.
+pub(crate) fn is_host_name(host: &str) -> bool {
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
     };
-    bare.trim_end_matches('.').to_ascii_lowercase()
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    name_ok && port_ok
+}
+
+/// Removes the port from a `host[:port]` and lower-cases it; `None` unless [`is_host_name`].
+pub(crate) fn host_without_port(host: &str) -> Option<String> {
+    if !is_host_name(host) {
+        return None;
+    }
+    let bare = host.split_once(':').map_or(host, |(name, _)| name);
+    Some(bare.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// The part of `host` before its AWS partition suffix, if it has one.
@@ -186,7 +204,7 @@ fn strip_aws_suffix(host: &str) -> Option<&str> {
 ///
 /// The gateway terminates TLS only for these; anything else is passed through or refused.
 pub fn is_aws_host(host: &str) -> bool {
-    strip_aws_suffix(&host_without_port(host)).is_some()
+    host_without_port(host).is_some_and(|h| strip_aws_suffix(&h).is_some())
 }
 
 /// Whether a label looks like an AWS region: `us-east-1`, `eu-central-2`, `us-gov-west-1`,
@@ -204,9 +222,9 @@ pub(crate) fn is_region(label: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
-/// Takes an AWS host name apart; `None` if it is not one.
+/// Takes an AWS host name apart; `None` if it is not one (or not a plain host name).
 pub(crate) fn parse_host(host: &str) -> Option<ParsedHost> {
-    let host = host_without_port(host);
+    let host = host_without_port(host)?;
     let rest = strip_aws_suffix(&host)?;
     let mut labels: Vec<&str> = rest.split('.').collect();
 
@@ -289,6 +307,34 @@ mod tests {
             "",
         ] {
             assert!(!is_aws_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn only_plain_host_names_are_hosts() {
+        for host in [
+            "ec2.us-east-1.amazonaws.com",
+            "S3.AmazonAWS.com.:443",
+            "a-b.c:1",
+        ] {
+            assert!(is_host_name(host), "{host}");
+        }
+        for host in [
+            "",
+            ":443",
+            "127.0.0.5/x.ec2.us-east-1.amazonaws.com",
+            "127.0.0.5?.ec2.us-east-1.amazonaws.com",
+            "u@ec2.us-east-1.amazonaws.com",
+            "ec2.us-east-1.amazonaws.com:",
+            "ec2.us-east-1.amazonaws.com:123456",
+            "ec2.us-east-1.amazonaws.com:44a",
+            "ec2.us-east-1.amazonaws.com:1:2",
+            "[::1]:443",
+            " ec2.us-east-1.amazonaws.com",
+            "ec2_x.us-east-1.amazonaws.com",
+        ] {
+            assert!(!is_host_name(host), "{host}");
+            assert!(parse_host(host).is_none(), "{host}");
         }
     }
 
