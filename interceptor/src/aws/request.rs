@@ -708,14 +708,21 @@ fn malformed(reason: &str) -> RequestError {
 fn presigned_signature(head: &Parts) -> Option<ClientSignature> {
     let mut signed = false;
     let mut scope = None;
+    let (mut v2_signature, mut v2_key) = (false, false);
     for (k, v) in query_pairs(head) {
         if k.eq_ignore_ascii_case("X-Amz-Signature") {
             signed = true;
         } else if k.eq_ignore_ascii_case("X-Amz-Credential") {
             scope = parse_scope(&v);
+        } else if k == "Signature" {
+            v2_signature = true;
+        } else if k == "AWSAccessKeyId" {
+            v2_key = true;
         }
     }
-    signed.then_some(ClientSignature::Presigned(scope))
+    // A SigV2 query signature (what botocore's presigned S3 URLs default to) counts too: the
+    // agent's signature must never ride along with ours.
+    (signed || (v2_signature && v2_key)).then_some(ClientSignature::Presigned(scope))
 }
 
 /// Parses `AWS4-HMAC-SHA256 Credential=AKID/date/region/service/aws4_request, ...`.

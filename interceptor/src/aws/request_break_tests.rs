@@ -542,3 +542,16 @@ fn refusals_are_client_errors_naming_the_value() {
         "{text}"
     );
 }
+
+#[test]
+fn a_sigv2_presigned_url_is_recognised_as_presigned() {
+    let (parts, _) = http::Request::get(
+        "/photo.jpg?AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature=%2FFIn%2BVMUfVVcLdBoQaLwvUA%2FxUU%3D&Expires=1796407048",
+    )
+    .header("host", "amzn-s3-demo-bucket.s3.amazonaws.com")
+    .body(())
+    .unwrap()
+    .into_parts();
+    let request = classify(&parts, None).unwrap();
+    assert!(matches!(request.client_signature, ClientSignature::Presigned(_)));
+}

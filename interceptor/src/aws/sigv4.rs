@@ -423,7 +423,16 @@ fn is_header_text(value: &str) -> bool {
 
 /// Presigned URLs and SigV4a are refused: neither may be forwarded nor silently downgraded.
 fn refuse_unsupported(parts: &Parts) -> Result<(), SignError> {
-    if query_pairs(parts).any(|(k, _)| k.eq_ignore_ascii_case("X-Amz-Signature")) {
+    let (mut v2_signature, mut v2_key) = (false, false);
+    for (k, _) in query_pairs(parts) {
+        if k.eq_ignore_ascii_case("X-Amz-Signature") {
+            return Err(SignError::Presigned);
+        }
+        v2_signature |= k == "Signature";
+        v2_key |= k == "AWSAccessKeyId";
+    }
+    // A SigV2 presigned URL (`AWSAccessKeyId` + `Signature` in the query) is refused too.
+    if v2_signature && v2_key {
         return Err(SignError::Presigned);
     }
     let auth = parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
