@@ -152,3 +152,81 @@ fn a_deny_on_a_list_parameter_catches_one_protected_value_among_others() {
     let other = [("InstanceId", "i-other")];
     assert_eq!(decide(&policy, "a", &[], Some("ec2:TerminateInstances"), &other).effect, Effect::Allow);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PATTERNS: [&str; 5] = ["*", "ec2:*", "ec2:RunInstances", "s3:Get*", "sts:GetCallerIdentity"];
+    const ACTIONS: [&str; 5] =
+        ["ec2:RunInstances", "ec2:DescribeInstances", "s3:GetObject", "s3:PutObject", "sts:GetCallerIdentity"];
+    const EFFECTS: [&str; 3] = ["allow", "deny", "approve"];
+
+    /// An independent reading of the pattern set above: `*` all, `x*` a prefix, else equality.
+    fn reference_match(pattern: &str, action: Option<&str>) -> bool {
+        match (pattern, action) {
+            ("*", _) => true,
+            (_, None) => false,
+            (p, Some(a)) => match p.strip_suffix('*') {
+                Some(prefix) => a.to_lowercase().starts_with(&prefix.to_lowercase()),
+                None => p.eq_ignore_ascii_case(a),
+            },
+        }
+    }
+
+    fn rule_strategy() -> impl Strategy<Value = (usize, usize, Option<bool>)> {
+        // (pattern, effect, group: None = everyone, Some(true) = "a", Some(false) = "b")
+        (0..PATTERNS.len(), 0..EFFECTS.len(), proptest::option::of(any::<bool>()))
+    }
+
+    proptest! {
+        #[test]
+        fn deny_wins_then_approve_then_allow_then_the_default(
+            rules in proptest::collection::vec(rule_strategy(), 0..6),
+            default_deny in any::<bool>(),
+            action in proptest::option::of(0..ACTIONS.len()),
+            in_group_a in any::<bool>(),
+        ) {
+            let mut text = format!("default = \"{}\"\n", if default_deny { "deny" } else { "allow" });
+            for (i, (pattern, effect, group)) in rules.iter().enumerate() {
+                text.push_str(&format!(
+                    "[[rule]]\nname = \"r{i}\"\nactions = [\"{}\"]\neffect = \"{}\"\n",
+                    PATTERNS[*pattern], EFFECTS[*effect]
+                ));
+                if let Some(a) = group {
+                    text.push_str(if *a { "groups = [\"a\"]\n" } else { "groups = [\"b\"]\n" });
+                }
+            }
+            let policy = Policy::parse(&text, "prop").unwrap();
+            let groups: Vec<String> = if in_group_a { vec!["a".into()] } else { vec![] };
+            let action = action.map(|i| ACTIONS[i]);
+            let params = BTreeMap::<String, Vec<String>>::new();
+            let decision = policy.evaluate(&Call {
+                subject: "s", groups: &groups, action, region: "us-east-1", params: &params,
+            });
+
+            let matching: Vec<&str> = rules
+                .iter()
+                .filter(|(pattern, _, group)| {
+                    let who = match group { None => true, Some(a) => *a && in_group_a };
+                    who && reference_match(PATTERNS[*pattern], action)
+                })
+                .map(|(_, effect, _)| EFFECTS[*effect])
+                .collect();
+            let expected = if matching.contains(&"deny") {
+                Effect::Deny
+            } else if matching.contains(&"approve") {
+                Effect::Approve
+            } else if matching.contains(&"allow") {
+                Effect::Allow
+            } else if default_deny {
+                Effect::Deny
+            } else {
+                Effect::Allow
+            };
+            prop_assert_eq!(decision.effect, expected);
+            prop_assert_eq!(decision.rule.is_none(), matching.is_empty());
+        }
+    }
+}
