@@ -46,3 +46,23 @@ def test_non_aws_tls_destination_is_refused_not_reached(agents: Agents, alice_to
     assert result.returncode == 0, describe(result)
     assert result.stdout.strip().startswith("refused"), describe(result)
     assert listener.received == [], "a refused destination must not be reached directly"
+
+
+def test_other_destinations_pass_splices_non_aws_bytes_untouched(
+        agents: Agents, alice_token_file: Path, world: harness.World, daemon: harness.Daemon):
+    text = world.config.read_text()
+    world.config.write_text(text.replace("[gateway]\n", "[gateway]\nother_destinations = \"pass\"\n", 1))
+    daemon.stop()
+    daemon.start()
+    try:
+        with Listener() as listener:
+            # A ClientHello for a non-AWS name goes to where the agent was going, byte for byte.
+            result = agents.python(alice_token_file, NON_AWS_TLS_SCRIPT)
+            harness.wait_until(lambda: listener.received, 10.0, "the spliced bytes")
+        assert result.returncode == 0, describe(result)
+        hello = listener.received[0] if listener.received else b""
+        assert hello.startswith(b"\x16\x03") and b"example.com" in hello, listener.received
+    finally:
+        world.config.write_text(text)
+        daemon.stop()
+        daemon.start()
