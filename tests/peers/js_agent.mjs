@@ -24,11 +24,17 @@ import { parseArgs } from 'node:util';
 import { DynamoDBClient, CreateTableCommand, ListTablesCommand } from '@aws-sdk/client-dynamodb';
 import { EC2Client, DescribeInstancesCommand, RunInstancesCommand } from '@aws-sdk/client-ec2';
 import {
+  CreateSecretCommand, GetSecretValueCommand, SecretsManagerClient,
+} from '@aws-sdk/client-secrets-manager';
+import {
+  CompleteMultipartUploadCommand,
   CreateBucketCommand,
+  CreateMultipartUploadCommand,
   GetObjectCommand,
   ListBucketsCommand,
   PutObjectCommand,
   S3Client,
+  UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 
@@ -91,6 +97,26 @@ async function objects(out, args) {
     out.got_bytes[key] = bytes.length;
   }
 
+  // Multipart: two parts (S3's minimum part size is 5 MiB for all but the last).
+  const MULTIPART_KEY = 'js-agent/multipart.bin';
+  const first = Buffer.alloc(5 * 1024 * 1024, 'a');
+  const second = Buffer.from('the last part');
+  const { UploadId } = await s3.send(new CreateMultipartUploadCommand({
+    Bucket: args.bucket, Key: MULTIPART_KEY,
+  }));
+  const parts = [];
+  for (const [index, body] of [first, second].entries()) {
+    const part = await s3.send(new UploadPartCommand({
+      Bucket: args.bucket, Key: MULTIPART_KEY, UploadId, PartNumber: index + 1, Body: body,
+    }));
+    parts.push({ ETag: part.ETag, PartNumber: index + 1 });
+  }
+  await s3.send(new CompleteMultipartUploadCommand({
+    Bucket: args.bucket, Key: MULTIPART_KEY, UploadId, MultipartUpload: { Parts: parts },
+  }));
+  const whole = await s3.send(new GetObjectCommand({ Bucket: args.bucket, Key: MULTIPART_KEY }));
+  out.multipart_bytes = (await whole.Body.transformToByteArray()).length;
+
   const listed = await s3.send(new ListBucketsCommand({}));
   out.buckets = (listed.Buckets ?? []).map((bucket) => bucket.Name);
 }
@@ -139,6 +165,13 @@ async function tables(out, args) {
   out.tables = (await dynamodb.send(new ListTablesCommand({}))).TableNames;
 }
 
+async function secrets(out, args) {
+  const sm = new SecretsManagerClient({ region: REGION });
+  const name = `js-agent/${args.table}`;
+  await sm.send(new CreateSecretCommand({ Name: name, SecretString: 'js-s3cr3t' }));
+  out.secret = (await sm.send(new GetSecretValueCommand({ SecretId: name }))).SecretString;
+}
+
 async function main() {
   const args = options();
   const out = {};
@@ -146,6 +179,7 @@ async function main() {
   await objects(out, args);
   await instances(out);
   await tables(out, args);
+  await secrets(out, args);
   console.log(JSON.stringify(out));
 }
 
