@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,30 @@ def test_agent_environment_holds_no_real_secret_and_trusts_the_gateway_ca(
     for bundle in ("AWS_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         assert env.get(bundle) and Path(env[bundle]).is_file(), (bundle, env)
     assert env.get("AWS_EC2_METADATA_DISABLED") == "true"
+
+
+MULTIPART_FROM_STDIN = """
+import hashlib, json, sys
+import boto3
+from boto3.s3.transfer import TransferConfig
+
+s3 = boto3.client("s3")
+s3.create_bucket(Bucket="e2e-boto3-objects")
+# 12 MiB read from stdin, sent as a multipart upload of 5 MiB parts.
+config = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+s3.upload_fileobj(sys.stdin.buffer, "e2e-boto3-objects", "from-stdin.bin", Config=config)
+body = s3.get_object(Bucket="e2e-boto3-objects", Key="from-stdin.bin")["Body"].read()
+print(json.dumps({"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}))
+"""
+
+
+def test_boto3_multipart_upload_streamed_from_stdin_reads_back_exactly(
+        agents: Agents, alice_token_file: Path):
+    data = bytes(range(256)) * (12 * 1024 * 4)  # 12 MiB
+    result = subprocess.run(agents.argv(alice_token_file, [str(harness.PYTHON), "-c",
+                                                           MULTIPART_FROM_STDIN]),
+                            input=data, capture_output=True, timeout=180, env=agents.env())
+
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert out == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
