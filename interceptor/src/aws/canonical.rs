@@ -94,7 +94,7 @@ fn push_headers(text: &mut String, input: &Input<'_>) -> Range<usize> {
             Value::Sent(v) => push_trimmed(text, v),
             Value::Added(v) => text.push_str(v),
         }
-        if !headers.get(i + 1).is_some_and(|next| next.0 == *name) {
+        if headers.get(i + 1).is_none_or(|next| next.0 != *name) {
             text.push('\n');
         }
     }

@@ -232,6 +232,198 @@ fn aws_suite_unnormalized_vectors_with_the_s3_path_rule() {
     }
 }
 
+// --- the classic AWS SigV4 suite as shipped in botocore's sdist (1.44.8) ------------------
+
+/// The classic suite's fixed identity, as botocore's `tests/unit/auth/test_sigv4.py` signs it.
+const CLASSIC_ACCESS_KEY: &str = "AKIDEXAMPLE";
+const CLASSIC_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+const CLASSIC_REGION: &str = "us-east-1";
+const CLASSIC_SERVICE: &str = "service";
+
+/// Cases signed with resign()'s own selection for a service other than S3.
+const CLASSIC_THROUGH_RESIGN: &[&str] = &[
+    "get-header-key-duplicate",
+    "get-header-value-order",
+    "get-header-value-trim",
+    "get-unreserved",
+    "get-vanilla",
+    "get-vanilla-empty-query-key",
+    "get-vanilla-query",
+    "get-vanilla-query-order-encoded",
+    "get-vanilla-query-order-key",
+    "get-vanilla-query-order-key-case",
+    "get-vanilla-query-order-value",
+    "get-vanilla-query-unreserved",
+    "get-vanilla-utf8-query",
+    "get-vanilla-with-session-token",
+    "normalize-path/get-relative",
+    "normalize-path/get-relative-relative",
+    "normalize-path/get-slash",
+    "normalize-path/get-slash-dot-slash",
+    "normalize-path/get-slash-pointless-dot",
+    "normalize-path/get-slashes",
+    "normalize-path/get-special-character",
+    "post-header-key-case",
+    "post-header-key-sort",
+    "post-header-value-case",
+    "post-sts-token/post-sts-header-before",
+    "post-vanilla",
+    "post-vanilla-empty-query-value",
+    "post-vanilla-query",
+    "post-x-www-form-urlencoded",
+    "post-x-www-form-urlencoded-parameters",
+];
+
+/// Cases whose path the suite writes decoded (a raw space, raw UTF-8) and signs encoded once:
+/// the client sends it percent-encoded, and only single encoding gives the suite's canonical
+/// path, a combination (normalised, encoded once) resign never picks.
+const CLASSIC_SINGLE_ENCODED: &[&str] = &["get-utf8", "normalize-path/get-space"];
+
+/// Cases left out, with the reason.
+const CLASSIC_SKIPPED: &[(&str, &str)] = &[
+    (
+        "get-header-value-multiline",
+        "an obs-folded header, which HTTP/1.1 servers reject",
+    ),
+    (
+        "post-sts-token/post-sts-header-after",
+        "adds the session token after signing, a mode never used here",
+    ),
+];
+
+/// `20150830T123600Z` as a time.
+fn parse_amz_date(value: &str) -> SystemTime {
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &value[0..4],
+        &value[4..6],
+        &value[6..8],
+        &value[9..11],
+        &value[11..13],
+        &value[13..15]
+    );
+    humantime::parse_rfc3339(&rfc3339).unwrap_or_else(|e| panic!("X-Amz-Date {value}: {e}"))
+}
+
+/// Signs one case of the classic suite; `rules` is `None` for resign()'s own selection.
+/// Returns what differs from the suite's canonical request, string to sign and Authorization.
+fn run_classic_case(name: &str, rules: Option<Rules>) -> Vec<String> {
+    let dir = data_dir().join("botocore-aws4-testsuite").join(name);
+    let base = name.rsplit('/').next().expect("split yields one item");
+    let file = |ext: &str| read(&dir.join(format!("{base}.{ext}")));
+    let raw = file("req");
+    let want_creq = file("creq");
+    let parse = || parse_suite_request(&raw).unwrap_or_else(|| panic!("{name}: .req parses"));
+    let (mut parts, body) = parse();
+
+    // Like botocore, the session token is the one the canonical request shows.
+    let token = header_line(&want_creq, "x-amz-security-token").map(str::to_owned);
+    let creds = Credentials::new(CLASSIC_ACCESS_KEY, CLASSIC_SECRET, token, None, "test");
+    let date_time = header_line(&raw, "X-Amz-Date").expect("every case has X-Amz-Date");
+    let time = parse_amz_date(date_time);
+    let host = request_host(&parts).expect("every case has a Host");
+    let req = target(CLASSIC_SERVICE, CLASSIC_SERVICE, CLASSIC_REGION, &host);
+    let rules_used = rules.unwrap_or_else(|| Rules::for_request(&req));
+
+    // The canonical request and string to sign as sign_head builds them: the agent's signing
+    // headers dropped, the signer's own added.
+    let (mut head, _) = parse();
+    for h in AGENT_SIGNING_HEADERS {
+        head.headers.remove(*h);
+    }
+    let mut added = vec![("x-amz-date", date_time)];
+    if let Some(token) = creds.session_token() {
+        added.push(("x-amz-security-token", token));
+    }
+    let hash = payload_hash(&req, rules_used, Payload::Bytes(&body), None)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let canonical = canonical_request(&head, rules_used, &added, &hash);
+    let scope = credential_scope(&date_time[..8], CLASSIC_REGION, CLASSIC_SERVICE);
+    let sts = string_to_sign(date_time, &scope, &canonical);
+
+    let payload = Payload::Bytes(&body);
+    let result = match rules {
+        None => resign(&mut parts, &req, payload, &creds, time),
+        Some(rules) => sign_with_rules(&mut parts, &req, rules, payload, &creds, time),
+    };
+    if let Err(e) = result {
+        return vec![format!("{name}: signing failed: {e}")];
+    }
+
+    let checks = [
+        ("canonical request", canonical.text().to_owned(), want_creq),
+        ("string to sign", sts, file("sts")),
+        (
+            "Authorization",
+            authorization(&parts).to_owned(),
+            file("authz"),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| format!("{name}: {what}\n  got:  {got:?}\n  want: {want:?}"))
+        .collect()
+}
+
+fn assert_classic_cases(names: &[&str], rules: Option<Rules>) {
+    let failures: Vec<String> = names
+        .iter()
+        .flat_map(|name| run_classic_case(name, rules))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn classic_suite_through_resign() {
+    assert_classic_cases(CLASSIC_THROUGH_RESIGN, None);
+}
+
+#[test]
+fn classic_suite_decoded_paths_with_single_encoding() {
+    let rules = Rules {
+        encode_path_twice: false,
+        normalize_path: true,
+        always_content_sha256: false,
+    };
+    assert_classic_cases(CLASSIC_SINGLE_ENCODED, Some(rules));
+}
+
+#[test]
+fn classic_suite_every_case_is_run_or_skipped_with_a_reason() {
+    fn cases(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = path
+                .file_name()
+                .expect("entry has a name")
+                .to_string_lossy();
+            let case = format!("{prefix}{name}");
+            if path.join(format!("{name}.req")).exists() {
+                out.push(case);
+            } else {
+                cases(&path, &format!("{case}/"), out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    cases(&data_dir().join("botocore-aws4-testsuite"), "", &mut found);
+    found.sort();
+    let mut listed: Vec<String> = CLASSIC_THROUGH_RESIGN
+        .iter()
+        .chain(CLASSIC_SINGLE_ENCODED)
+        .chain(CLASSIC_SKIPPED.iter().map(|(name, _)| name))
+        .map(|s| (*s).to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(found, listed);
+    assert_eq!(found.len(), 34);
+}
+
 // --- botocore's signatures for the shared/cases request forms -----------------------------
 
 fn session_creds() -> Credentials {
