@@ -24,6 +24,8 @@ pub const DEFAULT_REDIRECT_PORTS: [u16; 2] = [443, 80];
 /// Largest non-S3 request body, in bytes, the gateway reads to classify and sign it (API calls
 /// carry their parameters in the body and SigV4 needs its hash before the headers are sent).
 pub const DEFAULT_MAX_API_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// How long AWS may take to answer once a call has been sent.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long STS credentials are asked for.
 pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(15 * 60);
 /// Whether STS sessions carry SourceIdentity and session tags (a chained AssumeRole).
@@ -128,6 +130,10 @@ pub struct AwsConfig {
     /// Extra CA (PEM) trusted for the upstream.
     #[serde(deserialize_with = "optional_path")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// How long AWS may take to answer a call once it has been sent in full; then the agent
+    /// gets a 502 AWS error. The longest synchronous AWS call (Lambda invoke) runs 15 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub response_timeout: Duration,
     /// Chain a signed AssumeRole after the web-identity call so the STS session carries
     /// SourceIdentity and session tags (CloudTrail linkage); needs the role's trust policy to
     /// allow the role itself sts:AssumeRole, sts:SetSourceIdentity and sts:TagSession.
@@ -142,6 +148,7 @@ impl Default for AwsConfig {
             session_duration: DEFAULT_SESSION_DURATION,
             upstream: None,
             upstream_ca_file: None,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             tag_sessions: DEFAULT_TAG_SESSIONS,
         }
     }

@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls: gateway::tls_acceptor(ca.clone()),
         settings: ProxySettings {
             max_api_body_bytes: config.gateway.max_api_body_bytes,
+            upstream_response_timeout: config.aws.response_timeout,
             other_destinations: config.gateway.other_destinations,
         },
     });

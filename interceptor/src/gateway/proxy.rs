@@ -57,6 +57,8 @@ const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub max_api_body_bytes: u64,
+    /// How long AWS may take to answer once a request has been sent in full.
+    pub upstream_response_timeout: Duration,
     pub other_destinations: super::OtherDestinations,
 }
 
@@ -250,7 +252,7 @@ impl Gateway {
 
         let response = self
             .upstream
-            .send(upstream_request)
+            .send(upstream_request, self.settings.upstream_response_timeout)
             .await
             .map_err(|err| Refusal::Upstream { host: host.clone(), cause: error_chain(&err) })?;
         let (mut head, body) = response.into_parts();

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use http::Uri;
 
-use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, combinators::BoxBody};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -23,6 +23,69 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Idle pooled upstream connections are closed after this long; AWS closes them near 60 s.
 const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
+
+/// Why a call got no answer from AWS.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Connecting, TLS, or the exchange itself failed.
+    #[error(transparent)]
+    Client(hyper_util::client::legacy::Error),
+    /// The request went out but no answer came in time.
+    #[error("no answer within {} of the request being sent", humantime::format_duration(*.0))]
+    NoAnswer(std::time::Duration),
+}
+
+/// Passes a body through and says once it has been sent in full (or dropped).
+struct SentSignal {
+    inner: Body,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SentSignal {
+    fn new(inner: Body, sent: tokio::sync::oneshot::Sender<()>) -> Self {
+        let mut signal = Self { inner, sent: Some(sent) };
+        // hyper never polls a body that is empty from the start.
+        if http_body::Body::is_end_stream(&signal.inner) {
+            signal.signal();
+        }
+        signal
+    }
+
+    fn signal(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+    }
+}
+
+impl http_body::Body for SentSignal {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_))) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            std::task::Poll::Pending => false,
+        };
+        if ended {
+            self.signal();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// An agent's Host that is not an AWS host name; the call is refused, never sent anywhere.
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +156,26 @@ impl Upstream {
             .map_err(|_| refused())
     }
 
+    /// Sends the request; the answer's head must arrive within `response_timeout` of the
+    /// request body having been sent in full (an upload's own transfer time does not count).
     pub async fn send(
         &self,
         request: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(request).await
+        response_timeout: std::time::Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let request = request.map(|body| SentSignal::new(body, sent_tx).boxed());
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        let deadline = async {
+            // A body that ended, or was dropped (an error): the wait for the answer starts.
+            let _ = sent_rx.await;
+            tokio::time::sleep(response_timeout).await;
+        };
+        tokio::select! {
+            answer = &mut response => answer.map_err(SendError::Client),
+            () = deadline => Err(SendError::NoAnswer(response_timeout)),
+        }
     }
 }
 
