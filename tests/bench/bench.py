@@ -881,6 +881,10 @@ def main() -> int:
     finally:
         if env is not None:
             teardown(env)
+        # The upload sink is a tmpfs mounted below tmp: unmount it first, or its mount point
+        # (and so tmp) outlives the namespace as an empty directory.
+        for sink in tmp.glob("**/sink"):
+            subprocess.run(["umount", str(sink)], capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     plot_paths = [] if args.quick else plots(results, args.out)
     block = results_markdown(results, info, args, plot_paths)
