@@ -136,7 +136,7 @@ impl Gateway {
                 Peek::NotTls => match plain_http_host(&stream).await {
                     // No Host (an h2 preface, or garbage): served, and refused per request.
                     None => self.serve_http(TokioIo::new(stream), info(None)).await,
-                    Some(host) if is_aws_host(host_name(&host)) => {
+                    Some(host) if is_aws_host(&host) => {
                         self.serve_http(TokioIo::new(stream), info(None)).await
                     }
                     Some(host) => self.other_destination(stream, &agent, &host).await,
@@ -222,14 +222,6 @@ fn unmapped(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         v4 => v4,
-    }
-}
-
-/// The host of a `Host` header value, without its port.
-fn host_name(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']') => name,
-        _ => host,
     }
 }
 

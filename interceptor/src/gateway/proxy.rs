@@ -641,17 +641,11 @@ fn masked_target(target: &str, fields: &MaskFields) -> String {
     let masked: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if fields.masks_name(&percent_decode(name)) => format!("{name}={MARKER}"),
+            Some((name, _)) if fields.masks_name(&crate::aws::request::percent_decode(name)) => format!("{name}={MARKER}"),
             _ => pair.to_owned(),
         })
         .collect();
     format!("{path}?{}", masked.join("&"))
-}
-
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("n={text}").as_bytes())
-        .next()
-        .map_or_else(|| text.to_owned(), |(_, value)| value.into_owned())
 }
 
 /// Runs `f` when dropped.

@@ -129,15 +129,8 @@ impl Upstream {
     /// dashes, an optional port), so no Host header can steer the signed call anywhere else.
     pub fn uri(&self, host: &str, path_and_query: &str) -> Result<Uri, UpstreamHostError> {
         let refused = || UpstreamHostError(host.to_owned());
-        let (name, port) = match host.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (host, None),
-        };
-        let name_ok = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            && crate::aws::request::is_aws_host(&name.to_ascii_lowercase());
-        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-        if !name_ok || !port_ok || !path_and_query.starts_with('/') {
+        // is_aws_host accepts only host-name characters and a numeric port.
+        if !crate::aws::request::is_aws_host(host) || !path_and_query.starts_with('/') {
             return Err(refused());
         }
         let authority = match &self.override_base {
