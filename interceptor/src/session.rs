@@ -102,6 +102,24 @@ pub enum SessionError {
 }
 
 impl Session {
+    /// A live session from its state, whether just opened or adopted after a restart.
+    fn live(state: SessionState, cgroup_id: u64, recording: Arc<SessionRecording>) -> Arc<Self> {
+        Arc::new(Self {
+            id: state.id,
+            name: state.name,
+            identity: state.identity,
+            role_arn: state.role_arn,
+            cgroup_dir: state.cgroup_dir,
+            cgroup_id,
+            started_at: state.started_at,
+            token: RwLock::new(state.token),
+            token_file: state.token_file,
+            ended: AtomicBool::new(false),
+            counters: Counters::default(),
+            recording,
+        })
+    }
+
     pub fn token(&self) -> SessionToken {
         // Poisoning needs a panic while holding the lock; the value is still whole then.
         self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -216,20 +234,7 @@ impl SessionRegistry {
                 let _ = fs::remove_dir(&state.cgroup_dir);
                 continue;
             };
-            let session = Arc::new(Session {
-                id: state.id,
-                name: state.name,
-                identity: state.identity,
-                role_arn: state.role_arn,
-                cgroup_dir: state.cgroup_dir,
-                cgroup_id,
-                started_at: state.started_at,
-                token: RwLock::new(state.token),
-                token_file: state.token_file,
-                ended: AtomicBool::new(false),
-                counters: Counters::default(),
-                recording,
-            });
+            let session = Session::live(state, cgroup_id, recording);
             self.register(&session);
             restored.push(session);
         }
@@ -297,20 +302,17 @@ impl SessionRegistry {
                 return Err(cgroup_err(source));
             }
         };
-        let session = Arc::new(Session {
-            id: id.clone(),
+        let state = SessionState {
+            id,
             name: new.name,
             identity: new.identity,
             role_arn: new.role_arn,
-            cgroup_dir: cgroup_dir.clone(),
-            cgroup_id,
-            started_at: SystemTime::now(),
-            token: RwLock::new(new.token),
+            token: new.token,
             token_file: new.token_file,
-            ended: AtomicBool::new(false),
-            counters: Counters::default(),
-            recording: new.recording,
-        });
+            cgroup_dir: cgroup_dir.clone(),
+            started_at: SystemTime::now(),
+        };
+        let session = Session::live(state, cgroup_id, new.recording);
         // Registered before the process joins, so its first connect() already finds it.
         self.register(&session);
         let joined = self
