@@ -650,12 +650,34 @@ def cpu_count_scenario(env: Env, results: Results, calls: int) -> None:
         env.daemon.start()
 
 
-def perf_profile(env: Env, seconds: float) -> None:
+def perf_profile(env: Env, results: Results, seconds: float) -> None:
     """`perf record` (cpu-clock) of the daemon under the 64-connection keep-alive load; writes
-    perf-report.txt (by symbol) and perf-dso.txt (by library) into the output directory."""
+    perf-report.txt (by symbol) and perf-dso.txt (by library) into the output directory. Before
+    that, `perf stat` counts the daemon's system calls and context switches per call (software
+    events: they work where hardware counters do not)."""
     if shutil.which("perf") is None:
         print("  perf missing: no profile", file=sys.stderr)
         return
+    # Every system call, then the ones a proxy's per-call cost hinges on: socket writes and
+    # reads (two of each per call at best: one per hop), file writes (recording, audit) and
+    # futex (one thread waking another).
+    names = {"raw_syscalls:sys_enter": "syscalls", "context-switches": "context switches",
+             "syscalls:sys_enter_writev": "writev", "syscalls:sys_enter_recvfrom": "recvfrom",
+             "syscalls:sys_enter_write": "write", "syscalls:sys_enter_futex": "futex"}
+    events = list(names)
+    counter = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(events),
+                                "-p", str(env.daemon_pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    load = wrk(env, agent=True, connections=64, seconds=seconds)
+    counter.send_signal(signal.SIGINT)
+    _, counted = counter.communicate(timeout=60)
+    calls = load["requests"] or 1
+    for line in counted.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in events and fields[0].isdigit():
+            results.add(f"daemon {names[fields[2]]} per call (64 conns)",
+                        int(fields[0]) / calls, "")
     data = env.out / "perf.data"
     # -g: the kernel's call chains are exact (the daemon's own are not: no frame pointers in
     # release builds; callgrind gives those).
@@ -869,7 +891,7 @@ def main() -> int:
                 print(f"  {name}: {time.monotonic() - step_started:.1f}s")
         if args.profile:
             print("==> perf profile of the daemon (64 connections)")
-            perf_profile(env, max(s, 10.0))
+            perf_profile(env, results, max(s, 10.0))
         if "callgrind" not in args.skip:
             print("==> instructions per call (daemon under callgrind)")
             cpu_count_scenario(env, results, 2000)

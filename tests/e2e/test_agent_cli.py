@@ -105,10 +105,11 @@ def test_audit_log_names_the_identity_and_the_action(
     result = agents.aws(alice_token_file, "sts", "get-caller-identity")
     assert result.returncode == 0, describe(result)
 
-    lines = harness.read_jsonl(world.audit_log)
-    calls = [line for line in lines
-             if harness.audit_action_name(line) == "GetCallerIdentity"
-             and (line.get("identity") or {}).get("subject") == harness.ALICE]
+    # The daemon's audit writer gathers lines for a few milliseconds before each write.
+    calls = harness.AuditLog(world.audit_log).wait_for(
+        0, lambda line: harness.audit_action_name(line) == "GetCallerIdentity"
+        and (line.get("identity") or {}).get("subject") == harness.ALICE,
+        "alice's GetCallerIdentity")
     assert calls, f"no GetCallerIdentity line for {harness.ALICE} in {world.audit_log}"
     last = calls[-1]
     assert all(key in last for key in harness.AUDIT_REQUEST_KEYS), last

@@ -48,6 +48,9 @@ def js_run(agents: Agents, alice_token_file: Path, world: World, moto: Moto):
 
     assert result.returncode == 0, describe(result)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # The session's end is logged after its last call (the writer keeps the order).
+    harness.AuditLog(world.audit_log).wait_for(
+        audit_before, lambda line: line.get("event") == "session_ended", "the JS session's end")
     audit = harness.read_jsonl(world.audit_log)[audit_before:]
     return summary, sent, out_file, audit, moto.keys()[keys_before:]
 

@@ -228,8 +228,9 @@ def test_kill_stops_a_looping_agent_at_once_and_the_recording_says_who(
     assert all(entry["kind"] == "exchange" and entry["time"] <= kills[0]["time"]
                for entry in after), f"entries after the kill: {after}"
 
-    kill_lines = [line for line in harness.read_jsonl(world.audit_log)
-                  if line.get("event") == "session_killed" and line.get("session") == session]
+    kill_lines = audit.wait_for(
+        0, lambda line: line.get("event") == "session_killed" and line.get("session") == session,
+        "the kill")
     assert kill_lines and "root" in kill_lines[0].get("reason", ""), kill_lines
     late = [line for line in harness.read_jsonl(world.audit_log)
             if line.get("session") == session and line.get("event") == "request"
