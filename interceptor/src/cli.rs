@@ -182,6 +182,7 @@ fn describe_error(err: &anyhow::Error) -> String {
 
 fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), "config loaded");
+    crate::memory::tune_for_daemon();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(crate::daemon::run(config))
 }

@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(gateway.clone().serve(listener));
     }
     tokio::spawn(policy.watch());
+    tokio::spawn(crate::memory::return_freed_memory());
     let daemon =
         Arc::new(Daemon { config, recording, approvals, sessions, oidc, broker, ca, audit });
     for session in restored {
@@ -124,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %daemon.config.control.socket.display(),
         cgroup_root = %cgroup_root.display(), "control socket listening");
     tokio::spawn(control::server::serve(daemon.clone(), control_listener));
+    crate::memory::collect_after_start();
 
     wait_for_stop().await?;
     tracing::info!("stopping; the redirect stays pinned, so agents' connections are refused");

@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod gateway;
 pub mod identity;
+pub mod memory;
 pub mod policy;
 pub mod redirect;
 pub mod run;

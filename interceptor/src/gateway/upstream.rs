@@ -24,6 +24,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Idle pooled upstream connections are closed after this long; AWS closes them near 60 s.
 const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
 
+/// Idle upstream connections kept per host. After a burst (a thousand agent connections each
+/// with a call in flight) the rest are closed as their calls end, instead of each holding a TLS
+/// session and buffers for the idle timeout.
+const POOL_MAX_IDLE_PER_HOST: usize = 128;
+
 /// Why a call got no answer from AWS.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -117,6 +122,7 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         Ok(Self { client, override_base })
