@@ -34,13 +34,29 @@ pub enum TlsError {
 /// A client configuration trusting the webpki roots plus the certificates in `extra_ca`.
 ///
 /// ALPN is left empty: the caller (hyper-rustls, the gateway) sets the protocols it speaks.
+/// ring, with AES-128-GCM first. rustls's default order puts AES-256-GCM first; on the agent
+/// side the gateway (the server) picks, and every byte of a transfer is encrypted once more
+/// there than on a direct connection, so the cheaper suite matters (~30% less AES work per
+/// byte). AES-128-GCM is what AWS endpoints themselves prefer. Nothing is removed.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rank = |suite: &rustls::SupportedCipherSuite| match suite.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 1,
+        _ => 2,
+    };
+    // A stable sort: within each rank the default order stays.
+    provider.cipher_suites.sort_by_key(rank);
+    Arc::new(provider)
+}
+
 pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = extra_ca {
         add_pem_file(&mut roots, path)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Setup)?
         .with_root_certificates(roots)

@@ -298,13 +298,15 @@ async fn peek_hello(stream: &TcpStream) -> std::io::Result<Peek> {
 
 /// The rustls server config: leaves minted per SNI; HTTP/2 and HTTP/1.1 offered.
 pub fn tls_acceptor(ca: Arc<ca::CertificateAuthority>) -> TlsAcceptor {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // ring's default provider supports the safe default versions; this cannot fail.
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    // ring supports the safe default versions; this cannot fail.
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(ca::LeafResolver(ca)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The gateway's order (AES-128-GCM first), not the agent's: OpenSSL-based agents list
+    // AES-256-GCM first.
+    config.ignore_client_order = true;
     TlsAcceptor::from(Arc::new(config))
 }
