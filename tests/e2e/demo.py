@@ -238,10 +238,17 @@ def show_sessions(step: Steps, world: World) -> None:
 
 def show_audit(step: Steps, world: World) -> None:
     step(f"Audit log: {world.audit_log} (one JSON line per request)")
-    lines = [line for line in harness.read_jsonl(world.audit_log)
-             if line.get("event", "request") == "request"]
-    if not lines:
-        raise DemoError(f"no request lines in {world.audit_log}")
+
+    def request_lines() -> list[dict]:
+        return [line for line in harness.read_jsonl(world.audit_log)
+                if line.get("event", "request") == "request"]
+
+    # The daemon's audit writer gathers lines for a few milliseconds before each write.
+    try:
+        harness.wait_until(lambda: bool(request_lines()), 10.0, "request lines in the audit log")
+    except harness.HarnessError as error:
+        raise DemoError(f"no request lines in {world.audit_log}") from error
+    lines = request_lines()
     say(f"{'time':<12} {'session':<15} {'subject':<12} {'action':<24} {'decision':<9} "
         f"{'rule':<15} {'status':<6} request_id")
     for line in lines:

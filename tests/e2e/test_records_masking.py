@@ -130,6 +130,8 @@ def test_cli_ssm_secure_string_is_masked_and_a_plain_string_is_not(
     assert json.loads(one.stdout)["Parameter"]["Value"] == harness.MASK_MARKER
     values = {p["Name"]: p["Value"] for p in json.loads(by_path.stdout)["Parameters"]}
     assert values == {f"{prefix}/pw": harness.MASK_MARKER, f"{prefix}/host": "db.internal"}
+    # The last call's line is the barrier: the audit writer keeps order.
+    session_of(audit, mark, "GetParametersByPath")
     sessions = {line["session"] for line in audit.since(mark) if line.get("session")}
     assert len(sessions) >= 4, sessions  # plus session events of earlier agents
     for session in sessions:
