@@ -60,7 +60,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %err, "OIDC discovery not reachable yet");
     }
     let broker = Arc::new(CredentialBroker::new(&config.aws).context("configuring STS")?);
-    let upstream = Upstream::new(config.aws.upstream.clone(), config.aws.upstream_ca_file.as_deref())
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let upstreams = (0..workers)
+        .map(|_| Upstream::new(config.aws.upstream.clone(), config.aws.upstream_ca_file.as_deref()))
+        .collect::<Result<Vec<_>, _>>()
         .context("configuring the upstream TLS client")?;
 
     // Listen before attaching, so the first redirected connection already finds the gateway.
@@ -99,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policy: policy.clone(),
         quotas,
         approvals: approvals.clone(),
-        upstream,
+        upstreams,
         masker: std::sync::Mutex::new(None),
         tls: gateway::tls_acceptor(ca.clone()),
         settings: ProxySettings {
@@ -108,11 +111,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             other_destinations: config.gateway.other_destinations,
         },
     });
-    for listener in listeners {
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "gateway listening");
-        tokio::spawn(gateway.clone().serve(listener));
+    for listener in &listeners {
+        tracing::info!(addr = %listener.local_addr()?, workers, "gateway listening");
     }
+    gateway.run_workers(listeners).context("starting the gateway workers")?;
     tokio::spawn(policy.watch());
     tokio::spawn(crate::memory::return_freed_memory());
     let daemon =

@@ -53,7 +53,9 @@ pub struct Gateway {
     pub policy: Arc<PolicyStore>,
     pub quotas: Arc<Quotas>,
     pub approvals: Arc<Approvals>,
-    pub upstream: upstream::Upstream,
+    /// One pooled client to AWS per gateway worker: a pooled connection's task runs on the
+    /// worker that opened it, so a worker only ever uses its own (see [`Gateway::run_workers`]).
+    pub upstreams: Vec<upstream::Upstream>,
     /// The masker of the policy in force, and that policy (to notice reloads).
     pub masker: std::sync::Mutex<Option<(Arc<crate::policy::Policy>, Arc<mask::Masker>)>>,
     pub tls: TlsAcceptor,
@@ -71,6 +73,8 @@ pub struct ListenError {
 /// What the gateway knows of one accepted connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
+    /// The gateway worker serving the connection (an index into `Gateway::upstreams`).
+    pub worker: usize,
     pub peer: SocketAddr,
     pub agent: AgentConnection,
     /// The TLS server name, when the connection is TLS.
@@ -93,8 +97,42 @@ impl Gateway {
         Ok(listeners)
     }
 
+    /// Serves the listeners on one thread per worker, each with a single-threaded runtime of its
+    /// own that accepts from every listener. A connection, its calls, and the upstream
+    /// connections they use then stay on one thread: no task moves between cores and no call
+    /// wakes another thread, which a shared multi-threaded runtime did several times per call
+    /// (the agent side, the upstream connection's task and the answer's body each woken where
+    /// they last ran). The workers live as long as the daemon.
+    pub fn run_workers(self: &Arc<Self>, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+        let listeners: Vec<std::net::TcpListener> =
+            listeners.into_iter().map(TcpListener::into_std).collect::<Result<_, _>>()?;
+        for worker in 0..self.upstreams.len() {
+            // Each worker registers its own copy of every listening socket with its own runtime;
+            // all of them wait on the same sockets, and the kernel gives a connection to one.
+            let own: Vec<std::net::TcpListener> =
+                listeners.iter().map(std::net::TcpListener::try_clone).collect::<Result<_, _>>()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let gateway = self.clone();
+            std::thread::Builder::new().name(format!("gateway-{worker}")).spawn(move || {
+                runtime.block_on(async move {
+                    let mut serving = tokio::task::JoinSet::new();
+                    for listener in own {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                serving.spawn(gateway.clone().serve(listener, worker));
+                            }
+                            Err(err) => tracing::error!(worker, error = %err, "listener not usable"),
+                        }
+                    }
+                    while serving.join_next().await.is_some() {}
+                });
+            })?;
+        }
+        Ok(())
+    }
+
     /// Accepts connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, worker: usize) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -106,11 +144,11 @@ impl Gateway {
                 }
             };
             let gateway = self.clone();
-            tokio::spawn(async move { gateway.connection(stream, peer).await });
+            tokio::spawn(async move { gateway.connection(stream, peer, worker).await });
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, worker: usize) {
         let agent = match self.redirector.lookup(peer) {
             Ok(Some(agent)) => agent,
             Ok(None) => {
@@ -131,7 +169,7 @@ impl Gateway {
                 Ok(Err(err)) => return tracing::debug!(error = %err, "connection closed early"),
                 Err(_) => return tracing::debug!("no request within the hello timeout"),
             };
-            let info = |sni| ConnectionInfo { peer, agent, sni };
+            let info = |sni| ConnectionInfo { worker, peer, agent, sni };
             match first {
                 Peek::NotTls => match plain_http_host(&stream).await {
                     // No Host (an h2 preface, or garbage): served, and refused per request.

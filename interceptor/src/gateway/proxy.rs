@@ -17,7 +17,7 @@ use super::{
     mask::{MARKER, MaskFields, Masker, mask_json_or_xml_text, mask_response},
     capture::{CaptureBody, CaptureSlot, OnEnd},
     refusal::Refusal,
-    upstream::{Body, BoxError},
+    upstream::{Body, BoxError, Upstream},
 };
 use crate::{
     approvals::{HeldCall, Verdict},
@@ -102,7 +102,9 @@ impl Gateway {
         session.counters.requests.fetch_add(1, Ordering::Relaxed);
 
         let mut exchange = ExchangeNotes::new(&parts, audit.host.clone());
-        let outcome = self.forward(&session, &mut parts, body, &mut audit, &mut exchange).await;
+        let upstream = &self.upstreams[conn.worker];
+        let outcome =
+            self.forward(upstream, &session, &mut parts, body, &mut audit, &mut exchange).await;
         let response = match outcome {
             Ok(response) => {
                 audit.decision.get_or_insert_with(|| "allow".to_owned());
@@ -140,6 +142,7 @@ impl Gateway {
     /// Classifies, decides, signs and forwards; the answer's body streams back to the agent.
     async fn forward(
         &self,
+        upstream: &Upstream,
         session: &Session,
         parts: &mut http::request::Parts,
         body: Incoming,
@@ -176,7 +179,9 @@ impl Gateway {
         exchange.params = recorded_params(&aws_request, request_secrets.as_ref());
 
         let charged = self.decide(session, &aws_request, audit).await?;
-        let forwarded = self.sign_and_send(session, parts, &aws_request, api_body, upstream_body, token).await;
+        let forwarded = self
+            .sign_and_send(upstream, session, parts, &aws_request, api_body, upstream_body, token)
+            .await;
         // A call AWS refused (or never got) did not use its limit: a dry run, a bad parameter.
         if let Some(charged) = charged
             && !forwarded.as_ref().is_ok_and(|(head, _)| head.status.is_success())
@@ -197,8 +202,10 @@ impl Gateway {
 
     /// Gets the session's credentials, re-signs and sends the call; the answer's head and its
     /// still-unread body.
+    #[allow(clippy::too_many_arguments)] // the call's parts, each taken apart by the caller
     async fn sign_and_send(
         &self,
+        upstream: &Upstream,
         session: &Session,
         parts: &mut http::request::Parts,
         aws_request: &AwsRequest,
@@ -242,16 +249,14 @@ impl Gateway {
 
         let host = host_of(&parts.headers, &parts.uri).unwrap_or_default();
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = self
-            .upstream
+        let uri = upstream
             .uri(&host, path_and_query)
             .map_err(|err| Refusal::Malformed(RequestError::NotAwsHost { host: err.0 }))?;
         let mut upstream_request = Request::from_parts(parts.clone(), upstream_body);
         *upstream_request.uri_mut() = uri;
         *upstream_request.version_mut() = http::Version::HTTP_11;
 
-        let response = self
-            .upstream
+        let response = upstream
             .send(upstream_request, self.settings.upstream_response_timeout)
             .await
             .map_err(|err| Refusal::Upstream { host: host.clone(), cause: error_chain(&err) })?;

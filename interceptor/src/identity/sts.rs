@@ -137,9 +137,32 @@ struct CacheKey {
     role_arn: String,
 }
 
-/// One (session, role)'s credentials. The async lock is held during the STS calls, so
-/// concurrent requests of a session wait for them instead of making their own.
-type Slot = Arc<tokio::sync::Mutex<Option<Credentials>>>;
+/// One (session, role)'s credentials.
+///
+/// Every call of a session reads them, from every connection and gateway worker at once, so
+/// reading takes only a short synchronous lock that is never held across an await. The async
+/// `refreshing` lock is held during the STS calls, so that when the credentials are missing or
+/// near expiry, concurrent calls of the session wait for one refresh instead of each making
+/// their own. (Taking the async lock on every call made it the one point all of a session's
+/// calls passed through, and woke tasks across gateway workers.)
+#[derive(Debug, Default)]
+struct CredentialSlot {
+    current: Mutex<Option<Credentials>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl CredentialSlot {
+    fn fresh(&self) -> Option<Credentials> {
+        let current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.as_ref().filter(|c| is_fresh(c, SystemTime::now())).cloned()
+    }
+
+    fn store(&self, credentials: Credentials) {
+        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(credentials);
+    }
+}
+
+type Slot = Arc<CredentialSlot>;
 
 impl CredentialBroker {
     /// Builds the STS client for `config`; no network is used until the first request.
@@ -174,12 +197,16 @@ impl CredentialBroker {
     /// returns its credentials; the caller checks the session is alive before using them.
     pub async fn credentials(&self, request: &AssumeRequest) -> Result<Credentials, StsError> {
         let slot = self.slot(request);
-        let mut cached = slot.lock().await;
-        if let Some(credentials) = cached.as_ref().filter(|c| is_fresh(c, SystemTime::now())) {
-            return Ok(credentials.clone());
+        if let Some(credentials) = slot.fresh() {
+            return Ok(credentials);
+        }
+        let _refreshing = slot.refreshing.lock().await;
+        // Another call may have refreshed them while this one waited.
+        if let Some(credentials) = slot.fresh() {
+            return Ok(credentials);
         }
         let credentials = self.assume(request).await?;
-        *cached = Some(credentials.clone());
+        slot.store(credentials.clone());
         Ok(credentials)
     }
 
