@@ -27,7 +27,7 @@ use crate::{
         quota::{Charge, Limit},
     },
     records::{
-        audit::{AuditLog, now_rfc3339},
+        audit::AuditLog,
         recording::{Entry, Exchange, RecordedBody, RecordedRequest, RecordedResponse, recorded_headers},
     },
     aws::{
@@ -101,7 +101,7 @@ impl Gateway {
         audit.role_arn = Some(session.role_arn.clone());
         session.counters.requests.fetch_add(1, Ordering::Relaxed);
 
-        let mut exchange = ExchangeNotes::new(&parts, audit.host.clone());
+        let mut exchange = ExchangeNotes::new(&parts, audit.time.clone(), audit.host.clone());
         let upstream = &self.upstreams[conn.worker];
         let outcome =
             self.forward(upstream, &session, &mut parts, body, &mut audit, &mut exchange).await;
@@ -120,7 +120,7 @@ impl Gateway {
             }
         };
         audit.finish(&response, started);
-        exchange.record(session, &audit, response, started)
+        exchange.record(session, audit.into_record(), response, started)
     }
 
     /// The AWS error for a refusal, noted in the audit record.
@@ -500,9 +500,10 @@ struct ExchangeNotes {
 }
 
 impl ExchangeNotes {
-    fn new(parts: &http::request::Parts, host: Option<String>) -> Self {
+    /// `time` is when the request arrived (the audit record's time).
+    fn new(parts: &http::request::Parts, time: String, host: Option<String>) -> Self {
         Self {
-            time: now_rfc3339(),
+            time,
             method: parts.method.to_string(),
             host: host.unwrap_or_default(),
             target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
@@ -538,7 +539,7 @@ impl ExchangeNotes {
     fn record(
         self,
         session: Arc<Session>,
-        audit: &AuditRecord,
+        audit: AuditRecord,
         response: Response<Body>,
         started: Instant,
     ) -> Response<Body> {
@@ -546,7 +547,6 @@ impl ExchangeNotes {
         let response_body = CaptureSlot::default();
         let status = head.status.as_u16();
         let response_headers = recorded_headers(&head.headers);
-        let audit = audit.clone();
         let cap = session.recording.body_cap();
         let slot = response_body.clone();
         let on_end: OnEnd = Box::new(move || {
@@ -607,6 +607,12 @@ impl<'a> AuditGuard<'a> {
         self.record.duration_ms = Some(millis(started.elapsed()));
         self.log.record(&self.record);
         self.written = true;
+    }
+
+    /// The record once written (for the session recording), without a copy.
+    fn into_record(mut self) -> AuditRecord {
+        debug_assert!(self.written, "into_record before finish");
+        std::mem::take(&mut self.record)
     }
 }
 

@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 /// What kind of line this is.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
+    #[default]
     Request,
     SessionOpened,
     SessionRefused,
@@ -38,7 +39,8 @@ pub struct AuditIdentity {
 }
 
 /// One line of the audit log. Fields that do not apply are left out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Default` is an empty placeholder (no time); records are made with [`AuditRecord::new`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub time: String,
