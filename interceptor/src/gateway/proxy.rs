@@ -17,7 +17,7 @@ use super::{
     mask::{MARKER, MaskFields, Masker, mask_json_or_xml_text, mask_response},
     capture::{CaptureBody, CaptureSlot, OnEnd},
     refusal::Refusal,
-    upstream::{Body, BoxError, Upstream},
+    upstream::{Body, BoxError, Upstream, UpstreamBody},
 };
 use crate::{
     approvals::{HeldCall, Verdict},
@@ -212,7 +212,7 @@ impl Gateway {
         api_body: Option<Bytes>,
         upstream_body: Body,
         token: SessionToken,
-    ) -> Result<(http::response::Parts, Incoming), Refusal> {
+    ) -> Result<(http::response::Parts, UpstreamBody), Refusal> {
         let credentials = self
             .broker
             .credentials(&AssumeRequest {
@@ -273,7 +273,7 @@ impl Gateway {
         &self,
         fields: &MaskFields,
         headers: &mut HeaderMap,
-        body: Incoming,
+        body: UpstreamBody,
     ) -> Result<Body, Refusal> {
         let limited = Limited::new(body, MAX_MASKED_ANSWER_BYTES);
         let bytes = match limited.collect().await {

@@ -24,6 +24,17 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Idle pooled upstream connections are closed after this long; AWS closes them near 60 s.
 const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
 
+/// Most calls one gateway worker has in flight towards AWS at once, so most upstream
+/// connections it holds (each a TLS session with its buffers, ~35 KiB). A thousand agent
+/// connections calling at once share these instead of opening a thousand upstream connections;
+/// the rest wait their turn. A call holds its place until its answer has been read to the end
+/// (or dropped), so a transfer an agent stops reading keeps its place: it takes more than this
+/// many such stalled transfers on one worker before other calls wait, and a call that waits
+/// longer than [`QUEUE_TIMEOUT`] is refused with a 503 the SDKs retry.
+const MAX_CALLS_IN_FLIGHT: usize = 128;
+/// Longest wait for a place among the calls in flight.
+const QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Idle upstream connections kept per host. After a burst (a thousand agent connections each
 /// with a call in flight) the rest are closed as their calls end, instead of each holding a TLS
 /// session and buffers for the idle timeout.
@@ -38,6 +49,41 @@ pub enum SendError {
     /// The request went out but no answer came in time.
     #[error("no answer within {} of the request being sent", humantime::format_duration(*.0))]
     NoAnswer(std::time::Duration),
+    /// Every place for a call in flight stayed taken for the whole queue timeout.
+    #[error("the gateway has {MAX_CALLS_IN_FLIGHT} calls in flight on this worker and none ended within {}", humantime::format_duration(QUEUE_TIMEOUT))]
+    Busy,
+}
+
+/// The body of an answer from AWS; holds the call's place among the calls in flight until it
+/// has been read to the end or dropped.
+pub struct UpstreamBody {
+    inner: hyper::body::Incoming,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            // The connection is free for the next call (hyper returns it to the pool).
+            self.place = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Passes a body through and says once it has been sent in full (or dropped).
@@ -105,6 +151,7 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     override_base: Option<url::Url>,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Upstream {
@@ -125,7 +172,8 @@ impl Upstream {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        Ok(Self { client, override_base })
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
+        Ok(Self { client, override_base, in_flight })
     }
 
     /// Where a request for `host` with this path and query goes. Without an override, AWS itself
@@ -161,7 +209,11 @@ impl Upstream {
         &self,
         request: http::Request<Body>,
         response_timeout: std::time::Duration,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
+        let place = tokio::time::timeout(QUEUE_TIMEOUT, self.in_flight.clone().acquire_owned())
+            .await
+            .map_err(|_| SendError::Busy)?
+            .map_err(|_| SendError::Busy)?; // never closed
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
         let request = request.map(|body| SentSignal::new(body, sent_tx).boxed());
         let response = self.client.request(request);
@@ -171,10 +223,11 @@ impl Upstream {
             let _ = sent_rx.await;
             tokio::time::sleep(response_timeout).await;
         };
-        tokio::select! {
+        let answer = tokio::select! {
             answer = &mut response => answer.map_err(SendError::Client),
             () = deadline => Err(SendError::NoAnswer(response_timeout)),
-        }
+        };
+        Ok(answer?.map(|inner| UpstreamBody { inner, place: Some(place) }))
     }
 }
 
