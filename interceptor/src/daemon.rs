@@ -114,7 +114,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for listener in &listeners {
         tracing::info!(addr = %listener.local_addr()?, workers, "gateway listening");
     }
-    gateway.run_workers(listeners).context("starting the gateway workers")?;
+    let workers = gateway.run_workers(listeners).context("starting the gateway workers")?;
+    drop(gateway);
     tokio::spawn(policy.watch());
     tokio::spawn(crate::memory::return_freed_memory());
     let daemon =
@@ -131,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     wait_for_stop().await?;
     tracing::info!("stopping; the redirect stays pinned, so agents' connections are refused");
+    workers.stop().await;
     let _ = std::fs::remove_file(&daemon.config.control.socket);
     Ok(())
 }

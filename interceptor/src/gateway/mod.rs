@@ -102,10 +102,12 @@ impl Gateway {
     /// connections they use then stay on one thread: no task moves between cores and no call
     /// wakes another thread, which a shared multi-threaded runtime did several times per call
     /// (the agent side, the upstream connection's task and the answer's body each woken where
-    /// they last ran). The workers live as long as the daemon.
-    pub fn run_workers(self: &Arc<Self>, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+    /// they last ran). The workers run until [`Workers::stop`].
+    pub fn run_workers(self: &Arc<Self>, listeners: Vec<TcpListener>) -> std::io::Result<Workers> {
         let listeners: Vec<std::net::TcpListener> =
             listeners.into_iter().map(TcpListener::into_std).collect::<Result<_, _>>()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::new();
         for worker in 0..self.upstreams.len() {
             // Each worker registers its own copy of every listening socket with its own runtime;
             // all of them wait on the same sockets, and the kernel gives a connection to one.
@@ -113,7 +115,8 @@ impl Gateway {
                 listeners.iter().map(std::net::TcpListener::try_clone).collect::<Result<_, _>>()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let gateway = self.clone();
-            std::thread::Builder::new().name(format!("gateway-{worker}")).spawn(move || {
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new().name(format!("gateway-{worker}")).spawn(move || {
                 runtime.block_on(async move {
                     let mut serving = tokio::task::JoinSet::new();
                     for listener in own {
@@ -124,11 +127,18 @@ impl Gateway {
                             Err(err) => tracing::error!(worker, error = %err, "listener not usable"),
                         }
                     }
-                    while serving.join_next().await.is_some() {}
+                    tokio::select! {
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                        () = async { while serving.join_next().await.is_some() {} } => {}
+                    }
                 });
+                // Dropping the runtime drops every connection task, and with them the last
+                // handles on the gateway (its audit log among them).
+                drop(runtime);
             })?;
+            threads.push(thread);
         }
-        Ok(())
+        Ok(Workers { stop, threads })
     }
 
     /// Accepts connections until the task is dropped.
@@ -238,6 +248,28 @@ impl Gateway {
         if let Err(err) = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
             tracing::debug!(%host, error = %err, "pass-through ended with an error");
         }
+    }
+}
+
+/// The running gateway workers.
+pub struct Workers {
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Stops accepting, closes every agent connection and waits for the worker threads to end,
+    /// so that nothing of the gateway outlives the daemon's shutdown (the audit writer drains
+    /// and stops once the last handle on the log is gone).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
     }
 }
 
