@@ -7,6 +7,7 @@ restarted daemon takes the pinned programs over and serves agents.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,11 @@ def test_stopped_daemon_refuses_agent_connections_then_restart_serves_again(
     try:
         assert harness.read_line(agent.stdout, 30.0, "the agent") == "ready"
         with Listener() as listener:
-            daemon.stop()
+            asked = time.monotonic()
+            status = daemon.stop()
+            took = time.monotonic() - asked
+            # SIGTERM is a clean stop (systemd's): at once, exit status 0, not a kill.
+            assert status == 0 and took < 5.0, f"exit status {status} after {took:.1f}s"
             agent.stdin.write("go\n")
             agent.stdin.flush()
             outcome = harness.read_line(agent.stdout, 30.0, "the agent's connect")
