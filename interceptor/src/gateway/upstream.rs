@@ -24,21 +24,17 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Idle pooled upstream connections are closed after this long; AWS closes them near 60 s.
 const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
 
-/// Most calls one gateway worker has in flight towards AWS at once, so most upstream
-/// connections it holds (each a TLS session with its buffers, ~35 KiB). A thousand agent
-/// connections calling at once share these instead of opening a thousand upstream connections;
-/// the rest wait their turn. A call holds its place until its answer has been read to the end
+/// Most calls one gateway worker has in flight towards AWS at once, so the most upstream
+/// connections it holds to one host (each a TLS session with its buffers, ~35 KiB). A thousand
+/// agent connections calling at once share these instead of opening a thousand upstream
+/// connections; the rest wait their turn. A call holds its place until its answer has been read to the end
 /// (or dropped), so a transfer an agent stops reading keeps its place: it takes more than this
 /// many such stalled transfers on one worker before other calls wait, and a call that waits
-/// longer than [`QUEUE_TIMEOUT`] is refused with a 503 the SDKs retry.
+/// longer than [`QUEUE_TIMEOUT`] is refused with a 502 the SDKs retry. The cap also bounds
+/// the idle connections a worker's pool keeps per host: never more than were in flight at once.
 const MAX_CALLS_IN_FLIGHT: usize = 128;
 /// Longest wait for a place among the calls in flight.
 const QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Idle upstream connections kept per host. After a burst (a thousand agent connections each
-/// with a call in flight) the rest are closed as their calls end, instead of each holding a TLS
-/// session and buffers for the idle timeout.
-const POOL_MAX_IDLE_PER_HOST: usize = 128;
 
 /// Why a call got no answer from AWS.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +165,6 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
